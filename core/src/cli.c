@@ -1,0 +1,739 @@
+/*
+ * cli.c - the `sensorium` command: list plugins, tokenize a stimulus file, detokenize ids
+ * into actions or media, print a model's vocabulary layout.
+ *
+ * The last stage of the pipeline and the only place in core that prints. Exit codes: 0 ok,
+ * 1 runtime error (bad file, failing plugin), 2 usage error (unknown option, missing
+ * argument). Errors are one line on stderr, prefixed "sensorium: ".
+ */
+#include <errno.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sensorium/sensorium.h"
+
+#define EXIT_USAGE 2
+
+static const char *prog = "sensorium";
+
+static int fail(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "%s: ", prog);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    return EXIT_FAILURE;
+}
+
+static int lib_fail(void) { return fail("%s", sn_errmsg()); }
+
+static int usage_error(const char *cmd, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "%s: ", prog);
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n(try `%s %s--help`)\n", prog, cmd ? cmd : "");
+    va_end(ap);
+    return EXIT_USAGE;
+}
+
+static void log_to_stderr(void *ctx, sn_log_level level, const char *source, const char *msg)
+{
+    (void)ctx;
+    static const char *names[] = {"error", "warning", "info", "debug"};
+    if (level == SN_LOG_DEBUG && !getenv("SENSORIUM_DEBUG"))
+        return;
+    fprintf(stderr, "[%s] %s: %s\n", source, names[level <= SN_LOG_DEBUG ? level : 0], msg);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Options shared by the subcommands                                                        */
+/* ---------------------------------------------------------------------------------------- */
+
+typedef struct opts {
+    const char *plugin_path;
+    const char *plugin;
+    const char *config; /* JSON text, or @FILE */
+    const char *data_dir;
+    const char *output;
+    long chunk;         /* elements per encode call; 0: whole */
+    const char *positional[4];
+    int n_positional;
+    int help;
+} opts;
+
+/* Parses argv[1..] of a subcommand. allowed lists the options it takes, e.g. "pcdo". */
+static int parse_opts(const char *cmd, int argc, char **argv, const char *allowed, int max_pos,
+                      opts *o)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *val = i + 1 < argc ? argv[i + 1] : NULL;
+        char flag = 0;
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            o->help = 1;
+            continue;
+        } else if (strcmp(a, "--plugin-path") == 0) flag = 'P';
+        else if (strcmp(a, "--plugin") == 0) flag = 'p';
+        else if (strcmp(a, "--config") == 0) flag = 'c';
+        else if (strcmp(a, "--data-dir") == 0) flag = 'd';
+        else if (strcmp(a, "-o") == 0 || strcmp(a, "--output") == 0) flag = 'o';
+        else if (strcmp(a, "--chunk") == 0) flag = 'k';
+        else if (a[0] == '-' && a[1] != '\0')
+            return usage_error(cmd, "%s: unknown option '%s'", cmd, a);
+        else {
+            if (o->n_positional >= max_pos)
+                return usage_error(cmd, "%s: unexpected argument '%s'", cmd, a);
+            o->positional[o->n_positional++] = a;
+            continue;
+        }
+        if (flag != 'P' && !strchr(allowed, flag))
+            return usage_error(cmd, "%s: option '%s' does not apply here", cmd, a);
+        if (!val)
+            return usage_error(cmd, "%s: option '%s' needs a value", cmd, a);
+        i++;
+        switch (flag) {
+        case 'P': o->plugin_path = val; break;
+        case 'p': o->plugin = val; break;
+        case 'c': o->config = val; break;
+        case 'd': o->data_dir = val; break;
+        case 'o': o->output = val; break;
+        case 'k': {
+            char *end;
+            errno = 0;
+            o->chunk = strtol(val, &end, 10);
+            if (errno || *end || o->chunk <= 0)
+                return usage_error(cmd, "%s: --chunk needs a positive integer, not '%s'", cmd, val);
+            break;
+        }
+        }
+    }
+    return 0;
+}
+
+/* --config JSON or --config @FILE: the JSON text, malloc'ed. */
+static char *read_config(const char *arg)
+{
+    if (!arg)
+        return NULL;
+    if (arg[0] != '@') {
+        char *s = malloc(strlen(arg) + 1);
+        if (s)
+            strcpy(s, arg);
+        return s;
+    }
+    json_error_t jerr;
+    json_t *j = json_load_file(arg + 1, JSON_REJECT_DUPLICATES, &jerr);
+    if (!j) {
+        fail("%s:%d:%d: %s", arg + 1, jerr.line, jerr.column, jerr.text);
+        return NULL;
+    }
+    char *s = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(j);
+    return s;
+}
+
+static int open_plugins(const opts *o, sn_plugins **ps)
+{
+    if (sn_plugins_open(o->plugin_path, 0, ps) != SN_OK)
+        return lib_fail();
+    return 0;
+}
+
+/* Opens the codec --plugin names; on a missing plugin also shows why other files failed,
+ * since the wanted plugin is often among them. */
+static int open_codec(const opts *o, sn_plugins *ps, sn_codec **codec)
+{
+    char *config = NULL;
+    if (o->config && !(config = read_config(o->config)))
+        return EXIT_FAILURE;
+    sn_status st = sn_codec_open(ps, o->plugin, config, o->data_dir, codec);
+    free(config);
+    if (st != SN_OK) {
+        fail("%s", sn_errmsg());
+        if (st == SN_ERR_NOT_FOUND)
+            for (size_t i = 0; i < sn_plugins_error_count(ps); i++)
+                fprintf(stderr, "  not loaded: %s\n", sn_plugins_error(ps, i));
+        return EXIT_FAILURE;
+    }
+    return 0;
+}
+
+static const char *kind_str(uint32_t kind)
+{
+    switch (kind) {
+    case SN_PLUGIN_TOKENIZER: return "tokenizer";
+    case SN_PLUGIN_DECODER: return "decoder";
+    case SN_PLUGIN_TOKENIZER | SN_PLUGIN_DECODER: return "tok+dec";
+    }
+    return "?";
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* sensorium plugins                                                                        */
+/* ---------------------------------------------------------------------------------------- */
+
+static const char plugins_help[] =
+    "usage: sensorium plugins [--plugin-path DIRS]\n"
+    "\n"
+    "Lists every plugin found on the search path (--plugin-path, then SENSORIUM_PLUGIN_PATH,\n"
+    "then the build's plugin folder; colon-separated folders or .so files): name, kind,\n"
+    "version, vocabulary size and file. Files that failed to load are listed with the reason.\n"
+    "The vocabulary size is that of the plugin created with an empty configuration; a plugin\n"
+    "that needs configuration shows 'config' and why below the table.\n";
+
+static int cmd_plugins(int argc, char **argv)
+{
+    opts o = {0};
+    int rc = parse_opts("plugins", argc, argv, "", 0, &o);
+    if (rc)
+        return rc;
+    if (o.help) {
+        fputs(plugins_help, stdout);
+        return 0;
+    }
+    sn_plugins *ps;
+    if ((rc = open_plugins(&o, &ps)))
+        return rc;
+    size_t n = sn_plugins_count(ps);
+    char **notes = calloc(n ? n : 1, sizeof *notes);
+    printf("%-20s %-10s %-8s %-8s %s\n", "NAME", "KIND", "VERSION", "VOCAB", "FILE");
+    for (size_t i = 0; i < n; i++) {
+        sn_plugin_info info;
+        sn_plugins_get(ps, i, &info);
+        char vocab[32] = "config";
+        sn_codec *c = NULL;
+        if (sn_codec_open(ps, info.name, NULL, NULL, &c) == SN_OK)
+            snprintf(vocab, sizeof vocab, "%u", sn_codec_vocab_size(c));
+        else if (notes) {
+            const char *m = sn_errmsg();
+            notes[i] = malloc(strlen(m) + 1);
+            if (notes[i])
+                strcpy(notes[i], m);
+        }
+        sn_codec_close(c);
+        printf("%-20s %-10s %-8s %-8s %s\n", info.name, kind_str(info.kind), info.version, vocab, info.file);
+        if (info.description[0])
+            printf("%-20s %s\n", "", info.description);
+    }
+    printf("\n%zu plugin%s loaded.\n", n, n == 1 ? "" : "s");
+    int any_note = 0;
+    for (size_t i = 0; notes && i < n; i++) {
+        if (!notes[i])
+            continue;
+        if (!any_note++)
+            printf("\nCreated with an empty configuration, these report:\n");
+        printf("  %s\n", notes[i]);
+        free(notes[i]);
+    }
+    free(notes);
+    size_t ne = sn_plugins_error_count(ps);
+    if (ne) {
+        printf("\n%zu file%s failed to load:\n", ne, ne == 1 ? "" : "s");
+        for (size_t i = 0; i < ne; i++)
+            printf("  %s\n", sn_plugins_error(ps, i));
+    }
+    sn_plugins_close(ps);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* sensorium tokenize                                                                       */
+/* ---------------------------------------------------------------------------------------- */
+
+static const char tokenize_help[] =
+    "usage: sensorium tokenize --plugin NAME [--config JSON|@FILE] [--data-dir DIR]\n"
+    "                          [--chunk N] INPUT [-o OUT.npy]\n"
+    "\n"
+    "Reads INPUT (WAV/FLAC/..., PNG/PPM, NPY, UTF-8 text), tokenizes it with plugin NAME and\n"
+    "prints the plugin's local ids, or writes them as an int32 NPY array with -o.\n"
+    "  --config   the plugin's configuration: a JSON object, or @FILE holding one\n"
+    "  --data-dir the folder the plugin loads codebooks and other files from\n"
+    "  --chunk N  feed the input N elements (bytes of whole characters, samples, ticks) at a\n"
+    "             time, as a live feed would arrive; the ids must not change\n";
+
+/* Feeds media to the codec whole or in chunks of o->chunk elements. */
+static sn_status encode_chunked(sn_codec *c, const sn_media *m, long chunk, sn_tokens *out)
+{
+    if (chunk <= 0 || m->kind == SN_MEDIA_IMAGE)
+        return sn_codec_encode(c, m, out);
+    size_t total = m->kind == SN_MEDIA_TEXT ? m->text.len
+                 : m->kind == SN_MEDIA_AUDIO ? m->audio.n_samples
+                 : m->series.n_ticks;
+    for (size_t at = 0; at < total;) {
+        size_t n = (size_t)chunk < total - at ? (size_t)chunk : total - at;
+        sn_media part = *m;
+        if (m->kind == SN_MEDIA_TEXT) {
+            /* Whole characters only (plugin.h): extend the chunk past continuation bytes. */
+            while (at + n < total && ((unsigned char)m->text.utf8[at + n] & 0xC0) == 0x80)
+                n++;
+            part.text.utf8 = m->text.utf8 + at;
+            part.text.len = n;
+        } else if (m->kind == SN_MEDIA_AUDIO) {
+            part.audio.samples = m->audio.samples + at;
+            part.audio.n_samples = n;
+            part.t = m->t + (double)at / m->audio.sample_rate;
+        } else {
+            part.series.values = m->series.values + at * m->series.dims;
+            part.series.n_ticks = n;
+            if (m->series.rate_hz > 0)
+                part.t = m->t + (double)at / m->series.rate_hz;
+        }
+        sn_status st = sn_codec_encode(c, &part, out);
+        if (st != SN_OK)
+            return st;
+        at += n;
+    }
+    return SN_OK;
+}
+
+static void describe_media(const sn_media *m, char *buf, size_t len)
+{
+    switch (m->kind) {
+    case SN_MEDIA_TEXT: snprintf(buf, len, "text, %zu bytes", m->text.len); break;
+    case SN_MEDIA_AUDIO:
+        snprintf(buf, len, "audio, %zu samples at %u Hz = %.3f s", m->audio.n_samples,
+                 m->audio.sample_rate, (double)m->audio.n_samples / m->audio.sample_rate);
+        break;
+    case SN_MEDIA_IMAGE:
+        snprintf(buf, len, "image, %ux%u, %u channel%s", m->image.width, m->image.height,
+                 m->image.channels, m->image.channels == 1 ? "" : "s");
+        break;
+    case SN_MEDIA_SERIES:
+        snprintf(buf, len, "series, %zu ticks x %u dims", m->series.n_ticks, m->series.dims);
+        break;
+    }
+}
+
+static int cmd_tokenize(int argc, char **argv)
+{
+    opts o = {0};
+    int rc = parse_opts("tokenize", argc, argv, "pcdok", 1, &o);
+    if (rc)
+        return rc;
+    if (o.help) {
+        fputs(tokenize_help, stdout);
+        return 0;
+    }
+    if (!o.plugin)
+        return usage_error("tokenize ", "tokenize: --plugin NAME is required");
+    if (o.n_positional != 1)
+        return usage_error("tokenize ", "tokenize: give one INPUT file");
+    sn_plugins *ps;
+    if ((rc = open_plugins(&o, &ps)))
+        return rc;
+    sn_codec *c = NULL;
+    sn_media m = {0};
+    sn_tokens toks = {0};
+    if ((rc = open_codec(&o, ps, &c)))
+        goto done;
+    if (sn_media_read(o.positional[0], &m) != SN_OK ||
+        encode_chunked(c, &m, o.chunk, &toks) != SN_OK || sn_codec_encode_flush(c, &toks) != SN_OK) {
+        rc = lib_fail();
+        goto done;
+    }
+    if (o.output) {
+        if (sn_tokens_write_npy(o.output, toks.ids, toks.n) != SN_OK) {
+            rc = lib_fail();
+            goto done;
+        }
+    } else {
+        for (size_t i = 0; i < toks.n; i++)
+            printf("%s%d", i ? " " : "", toks.ids[i]);
+        printf("\n");
+    }
+    char what[128];
+    describe_media(&m, what, sizeof what);
+    fprintf(stderr, "%s (%s) -> %zu tokens with %s%s%s\n", o.positional[0], what, toks.n, o.plugin,
+            o.output ? " -> " : "", o.output ? o.output : "");
+done:
+    sn_tokens_clear(&toks);
+    sn_media_release(&m);
+    sn_codec_close(c);
+    sn_plugins_close(ps);
+    return rc;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* sensorium detokenize                                                                     */
+/* ---------------------------------------------------------------------------------------- */
+
+static const char detokenize_help[] =
+    "usage: sensorium detokenize --plugin NAME [--config JSON|@FILE] [--data-dir DIR]\n"
+    "                            TOKENS.npy [-o OUTPUT]\n"
+    "\n"
+    "Decodes the plugin's local ids from TOKENS.npy into action events. Without -o, prints\n"
+    "one JSON object per event (audio and images as a summary). With -o, writes them:\n"
+    "text to a UTF-8 file, audio to .wav, an image to .png, vectors to .npy (one row each),\n"
+    "named actions as JSON lines.\n";
+
+/* Collects every event; the output is written once decoding has finished. */
+typedef struct collected {
+    FILE *lines;         /* JSON lines go here (stdout, or the -o file for named actions) */
+    int kind;            /* of the first event; 0 before */
+    int mixed;           /* events of more than one kind */
+    char *text;          /* concatenated text (malloc'ed) */
+    size_t text_len;
+    float *samples;      /* concatenated audio */
+    size_t n_samples;
+    uint32_t rate;
+    float *rows;         /* vectors, row-major */
+    size_t n_rows, row_len;
+    uint8_t *image;      /* the last image, packed */
+    sn_media_image image_info;
+    size_t n_images;
+    char error[256];
+} collected;
+
+static int grow_bytes(void **p, size_t bytes)
+{
+    void *q = realloc(*p, bytes ? bytes : 1);
+    if (!q)
+        return -1;
+    *p = q;
+    return 0;
+}
+
+static int collect(void *ctx, const sn_action *a)
+{
+    collected *c = ctx;
+    if (c->kind && c->kind != (int)a->kind)
+        c->mixed = 1;
+    if (!c->kind)
+        c->kind = a->kind;
+    json_t *j = json_object();
+    json_object_set_new(j, "t", json_real(a->t));
+    switch (a->kind) {
+    case SN_ACTION_NAMED:
+        json_object_set_new(j, "kind", json_string("action"));
+        json_object_set_new(j, "name", json_string(a->named.name));
+        json_object_set_new(j, "index", json_integer(a->named.index));
+        break;
+    case SN_ACTION_VECTOR: {
+        json_object_set_new(j, "kind", json_string("vector"));
+        json_t *vals = json_array();
+        for (size_t i = 0; i < a->vector.n; i++)
+            json_array_append_new(vals, json_real(a->vector.values[i]));
+        json_object_set_new(j, "values", vals);
+        if (c->n_rows && a->vector.n != c->row_len) {
+            snprintf(c->error, sizeof c->error, "vectors of different lengths (%zu, then %zu)",
+                     c->row_len, a->vector.n);
+            break;
+        }
+        c->row_len = a->vector.n;
+        if (grow_bytes((void **)&c->rows, (c->n_rows + 1) * c->row_len * sizeof(float)))
+            snprintf(c->error, sizeof c->error, "out of memory");
+        else if (c->row_len)
+            memcpy(c->rows + c->n_rows * c->row_len, a->vector.values, c->row_len * sizeof(float));
+        c->n_rows++;
+        break;
+    }
+    case SN_ACTION_AUDIO:
+        json_object_set_new(j, "kind", json_string("audio"));
+        json_object_set_new(j, "samples", json_integer((json_int_t)a->audio.n_samples));
+        json_object_set_new(j, "sample_rate", json_integer(a->audio.sample_rate));
+        if (c->rate && c->rate != a->audio.sample_rate) {
+            snprintf(c->error, sizeof c->error, "audio at two sample rates (%u, then %u Hz)",
+                     c->rate, a->audio.sample_rate);
+            break;
+        }
+        c->rate = a->audio.sample_rate;
+        if (grow_bytes((void **)&c->samples, (c->n_samples + a->audio.n_samples) * sizeof(float)))
+            snprintf(c->error, sizeof c->error, "out of memory");
+        else {
+            memcpy(c->samples + c->n_samples, a->audio.samples, a->audio.n_samples * sizeof(float));
+            c->n_samples += a->audio.n_samples;
+        }
+        break;
+    case SN_ACTION_TEXT:
+        json_object_set_new(j, "kind", json_string("text"));
+        json_object_set_new(j, "text", json_stringn(a->text.utf8, a->text.len));
+        if (grow_bytes((void **)&c->text, c->text_len + a->text.len))
+            snprintf(c->error, sizeof c->error, "out of memory");
+        else {
+            memcpy(c->text + c->text_len, a->text.utf8, a->text.len);
+            c->text_len += a->text.len;
+        }
+        break;
+    case SN_ACTION_IMAGE: {
+        json_object_set_new(j, "kind", json_string("image"));
+        json_object_set_new(j, "width", json_integer(a->image.width));
+        json_object_set_new(j, "height", json_integer(a->image.height));
+        json_object_set_new(j, "channels", json_integer(a->image.channels));
+        size_t row = (size_t)a->image.width * a->image.channels;
+        if (grow_bytes((void **)&c->image, row * a->image.height))
+            snprintf(c->error, sizeof c->error, "out of memory");
+        else {
+            for (uint32_t y = 0; y < a->image.height; y++)
+                memcpy(c->image + y * row, a->image.pixels + y * a->image.stride, row);
+            c->image_info = a->image;
+            c->image_info.pixels = c->image;
+            c->image_info.stride = row;
+            c->n_images++;
+        }
+        break;
+    }
+    }
+    if (c->lines) {
+        char *s = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));
+        if (s)
+            fprintf(c->lines, "%s\n", s);
+        free(s);
+    }
+    json_decref(j);
+    return c->error[0] != '\0';
+}
+
+static int write_collected(const collected *c, const char *path)
+{
+    if (c->mixed)
+        return fail("%s: the decoder emitted events of several kinds; without -o they print as JSON lines", path);
+    sn_media m = {0};
+    switch (c->kind) {
+    case 0:
+        return fail("%s: the decoder emitted nothing to write", path);
+    case SN_ACTION_NAMED:
+        return 0; /* already written as JSON lines */
+    case SN_ACTION_TEXT:
+        m.kind = SN_MEDIA_TEXT;
+        m.text = (sn_media_text){c->text, c->text_len};
+        break;
+    case SN_ACTION_AUDIO:
+        m.kind = SN_MEDIA_AUDIO;
+        m.audio = (sn_media_audio){c->samples, c->n_samples, c->rate};
+        break;
+    case SN_ACTION_VECTOR:
+        m.kind = SN_MEDIA_SERIES;
+        m.series = (sn_media_series){c->rows, c->n_rows, (uint32_t)c->row_len, 0};
+        break;
+    case SN_ACTION_IMAGE:
+        if (c->n_images > 1)
+            fprintf(stderr, "%s: the decoder emitted %zu images; writing the last\n", prog, c->n_images);
+        m.kind = SN_MEDIA_IMAGE;
+        m.image = c->image_info;
+        break;
+    }
+    if (sn_media_write(path, &m) != SN_OK)
+        return lib_fail();
+    return 0;
+}
+
+static int cmd_detokenize(int argc, char **argv)
+{
+    opts o = {0};
+    int rc = parse_opts("detokenize", argc, argv, "pcdo", 1, &o);
+    if (rc)
+        return rc;
+    if (o.help) {
+        fputs(detokenize_help, stdout);
+        return 0;
+    }
+    if (!o.plugin)
+        return usage_error("detokenize ", "detokenize: --plugin NAME is required");
+    if (o.n_positional != 1)
+        return usage_error("detokenize ", "detokenize: give one TOKENS.npy file");
+    sn_plugins *ps;
+    if ((rc = open_plugins(&o, &ps)))
+        return rc;
+    sn_codec *c = NULL;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    collected col = {.lines = stdout};
+    if ((rc = open_codec(&o, ps, &c)))
+        goto done;
+    if (sn_tokens_read_npy(o.positional[0], &ids, &n) != SN_OK) {
+        rc = lib_fail();
+        goto done;
+    }
+    /* With -o the JSON lines are kept in memory: named actions have no media form and are
+     * written to the file as JSON lines; other kinds are written as media. */
+    char *lines_buf = NULL;
+    size_t lines_len = 0;
+    if (o.output && !(col.lines = open_memstream(&lines_buf, &lines_len))) {
+        rc = fail("out of memory");
+        goto done;
+    }
+    sn_status st = sn_codec_decode(c, ids, n, 0.0, collect, &col);
+    if (st == SN_OK)
+        st = sn_codec_decode_flush(c, collect, &col);
+    if (o.output) {
+        fclose(col.lines);
+        col.lines = NULL;
+    }
+    if (st != SN_OK) {
+        rc = col.error[0] ? fail("%s: %s", o.positional[0], col.error) : lib_fail();
+    } else if (o.output && col.kind == SN_ACTION_NAMED && !col.mixed) {
+        sn_media m = {.kind = SN_MEDIA_TEXT, .text = {lines_buf, lines_len}};
+        if (sn_media_write(o.output, &m) != SN_OK)
+            rc = lib_fail();
+    } else if (o.output) {
+        rc = write_collected(&col, o.output);
+    }
+    free(lines_buf);
+    if (rc)
+        goto done;
+    fprintf(stderr, "%s (%zu tokens) -> %s with %s%s%s\n", o.positional[0], n,
+            col.kind ? "events" : "no events", o.plugin, o.output ? " -> " : "",
+            o.output ? o.output : "");
+done:
+    free(col.text);
+    free(col.samples);
+    free(col.rows);
+    free(col.image);
+    sn_free(ids);
+    sn_codec_close(c);
+    sn_plugins_close(ps);
+    return rc;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* sensorium vocab                                                                          */
+/* ---------------------------------------------------------------------------------------- */
+
+static const char vocab_help[] =
+    "usage: sensorium vocab [--plugin-path DIRS] MODEL_DIR\n"
+    "\n"
+    "Reads MODEL_DIR/sensorium.json, creates each segment's plugin with its configuration,\n"
+    "checks the layout and prints it: every id range with its role, modality and plugin.\n";
+
+static const char *role_str(sn_token_role r)
+{
+    switch (r) {
+    case SN_TOKEN_UNUSED: return "(unused)";
+    case SN_TOKEN_PLUGIN: return "tokens";
+    case SN_TOKEN_BOS: return "bos";
+    case SN_TOKEN_EOS: return "eos";
+    case SN_TOKEN_PAD: return "pad";
+    case SN_TOKEN_BEGIN: return "begin";
+    case SN_TOKEN_END: return "end";
+    }
+    return "?";
+}
+
+static int cmd_vocab(int argc, char **argv)
+{
+    opts o = {0};
+    int rc = parse_opts("vocab", argc, argv, "", 1, &o);
+    if (rc)
+        return rc;
+    if (o.help) {
+        fputs(vocab_help, stdout);
+        return 0;
+    }
+    if (o.n_positional != 1)
+        return usage_error("vocab ", "vocab: give one MODEL_DIR");
+    sn_plugins *ps;
+    if ((rc = open_plugins(&o, &ps)))
+        return rc;
+    sn_vocab *v;
+    if (sn_vocab_open(o.positional[0], ps, &v) != SN_OK) {
+        rc = lib_fail();
+        sn_plugins_close(ps);
+        return rc;
+    }
+    uint32_t size = sn_vocab_size(v);
+    printf("model %s: %u ids, %zu segments\n\n", o.positional[0], size, sn_vocab_segment_count(v));
+    printf("%-15s %-9s %-12s %-18s %s\n", "IDS", "ROLE", "MODALITY", "PLUGIN", "CONFIG");
+    /* Runs of ids with the same role and segment print as one line. */
+    for (uint32_t g = 0; g < size;) {
+        sn_token_info info = sn_vocab_lookup(v, (int32_t)g);
+        uint32_t end = g + 1;
+        while (end < size) {
+            sn_token_info next = sn_vocab_lookup(v, (int32_t)end);
+            if (next.role != info.role || next.segment != info.segment ||
+                info.role == SN_TOKEN_BEGIN || info.role == SN_TOKEN_END)
+                break;
+            end++;
+        }
+        char ids[32];
+        if (end - g == 1)
+            snprintf(ids, sizeof ids, "%u", g);
+        else
+            snprintf(ids, sizeof ids, "%u..%u", g, end - 1);
+        sn_vocab_segment seg = {0};
+        if (info.segment >= 0)
+            sn_vocab_segment_get(v, (size_t)info.segment, &seg);
+        printf("%-15s %-9s %-12s %-18s %s\n", ids, role_str(info.role),
+               seg.modality ? seg.modality : "", info.role == SN_TOKEN_PLUGIN ? seg.plugin : "",
+               info.role == SN_TOKEN_PLUGIN ? seg.config_json : "");
+        g = end;
+    }
+    sn_vocab_close(v);
+    sn_plugins_close(ps);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+
+static const char main_help[] =
+    "usage: sensorium [--plugin-path DIRS] COMMAND [ARGS]\n"
+    "\n"
+    "Sensorium turns stimuli into tokens and tokens into actions through .so plugins.\n"
+    "\n"
+    "commands:\n"
+    "  plugins      list the plugins found and the files that failed to load\n"
+    "  tokenize     tokenize a stimulus file with a plugin\n"
+    "  detokenize   decode token ids into actions, text, audio or images\n"
+    "  vocab        print and check a model's vocabulary layout\n"
+    "\n"
+    "`sensorium COMMAND --help` describes each. Plugins are searched in --plugin-path, then\n"
+    "SENSORIUM_PLUGIN_PATH (colon-separated folders or .so files), then the build's plugin\n"
+    "folder. Exit status: 0 ok, 1 runtime error, 2 usage error.\n";
+
+int main(int argc, char **argv)
+{
+    sn_set_log_handler(log_to_stderr, NULL);
+    /* Global options before the command: --plugin-path is passed on to the command. */
+    const char *plugin_path = NULL;
+    int i = 1;
+    for (; i < argc && argv[i][0] == '-'; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            fputs(main_help, stdout);
+            return 0;
+        } else if (strcmp(argv[i], "--version") == 0) {
+            printf("sensorium %s (plugin ABI %d.%d)\n", sn_version(), SN_PLUGIN_ABI_MAJOR, SN_PLUGIN_ABI_MINOR);
+            return 0;
+        } else if (strcmp(argv[i], "--plugin-path") == 0 && i + 1 < argc) {
+            plugin_path = argv[++i];
+        } else
+            return usage_error(NULL, "unknown option '%s'", argv[i]);
+    }
+    if (i >= argc) {
+        fputs(main_help, stderr);
+        return EXIT_USAGE;
+    }
+    const char *cmd = argv[i];
+    int sub_argc = argc - i;
+    char **sub_argv = argv + i;
+    /* Re-insert a global --plugin-path as the command's own option. */
+    char **args = NULL;
+    if (plugin_path) {
+        args = malloc((size_t)(sub_argc + 3) * sizeof *args);
+        if (!args)
+            return fail("out of memory");
+        args[0] = sub_argv[0];
+        args[1] = "--plugin-path";
+        args[2] = (char *)plugin_path;
+        memcpy(args + 3, sub_argv + 1, (size_t)(sub_argc - 1) * sizeof *args);
+        sub_argc += 2;
+        sub_argv = args;
+    }
+    int rc;
+    if (strcmp(cmd, "plugins") == 0)
+        rc = cmd_plugins(sub_argc, sub_argv);
+    else if (strcmp(cmd, "tokenize") == 0)
+        rc = cmd_tokenize(sub_argc, sub_argv);
+    else if (strcmp(cmd, "detokenize") == 0)
+        rc = cmd_detokenize(sub_argc, sub_argv);
+    else if (strcmp(cmd, "vocab") == 0)
+        rc = cmd_vocab(sub_argc, sub_argv);
+    else
+        rc = usage_error(NULL, "unknown command '%s'", cmd);
+    free(args);
+    return rc;
+}

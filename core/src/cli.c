@@ -37,7 +37,7 @@ static int usage_error(const char *cmd, const char *fmt, ...)
     va_start(ap, fmt);
     fprintf(stderr, "%s: ", prog);
     vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\n(try `%s %s--help`)\n", prog, cmd ? cmd : "");
+    fprintf(stderr, "\n(try `%s%s%s --help`)\n", prog, cmd ? " " : "", cmd ? cmd : "");
     va_end(ap);
     return EXIT_USAGE;
 }
@@ -321,9 +321,9 @@ static int cmd_tokenize(int argc, char **argv)
         return 0;
     }
     if (!o.plugin)
-        return usage_error("tokenize ", "tokenize: --plugin NAME is required");
+        return usage_error("tokenize", "tokenize: --plugin NAME is required");
     if (o.n_positional != 1)
-        return usage_error("tokenize ", "tokenize: give one INPUT file");
+        return usage_error("tokenize", "tokenize: give one INPUT file");
     sn_plugins *ps;
     if ((rc = open_plugins(&o, &ps)))
         return rc;
@@ -534,9 +534,9 @@ static int cmd_detokenize(int argc, char **argv)
         return 0;
     }
     if (!o.plugin)
-        return usage_error("detokenize ", "detokenize: --plugin NAME is required");
+        return usage_error("detokenize", "detokenize: --plugin NAME is required");
     if (o.n_positional != 1)
-        return usage_error("detokenize ", "detokenize: give one TOKENS.npy file");
+        return usage_error("detokenize", "detokenize: give one TOKENS.npy file");
     sn_plugins *ps;
     if ((rc = open_plugins(&o, &ps)))
         return rc;
@@ -626,7 +626,7 @@ static int cmd_vocab(int argc, char **argv)
         return 0;
     }
     if (o.n_positional != 1)
-        return usage_error("vocab ", "vocab: give one MODEL_DIR");
+        return usage_error("vocab", "vocab: give one MODEL_DIR");
     sn_plugins *ps;
     if ((rc = open_plugins(&o, &ps)))
         return rc;

@@ -107,6 +107,8 @@ static sn_status read_all(const char *path, FILE *f, uint8_t **buf, size_t *len)
 /* Opens and reads a whole file; an empty one is a format error (no reader accepts it). */
 static sn_status read_file(const char *path, uint8_t **buf, size_t *len)
 {
+    *buf = NULL;
+    *len = 0;
     FILE *f = fopen(path, "rb");
     if (!f)
         return sn_fail(SN_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
@@ -275,6 +277,7 @@ static sn_status check_wav_chunks(const char *path, FILE *f, int big_endian)
                            path, (unsigned long long)pos);
         }
         uint8_t h[8];
+        errno = 0;
         if (fseeko(f, (off_t)pos, SEEK_SET) != 0 || fread(h, 1, 8, f) != 8)
             return sn_fail(SN_ERR_IO, "%s: cannot read the WAV chunk at byte %llu: %s", path,
                            (unsigned long long)pos, strerror(errno ? errno : EIO));
@@ -1290,8 +1293,8 @@ sn_status sn_media_read(const char *path, sn_media *out)
         snprintf(sf_why, sizeof sf_why, "%s", sf_strerror(NULL));
     }
     rewind(f);
-    uint8_t *buf;
-    size_t len;
+    uint8_t *buf = NULL;
+    size_t len = 0;
     st = read_all(path, f, &buf, &len);
     fclose(f);
     if (st != SN_OK)
@@ -1310,11 +1313,12 @@ sn_status sn_media_read(const char *path, sn_media *out)
         const char *why = NULL;
         size_t bad = utf8_check(buf, len, &why);
         if (bad < len) {
+            st = sn_fail(SN_ERR_FORMAT,
+                         "%s: invalid UTF-8 at byte offset %zu (0x%02x starts %s), and not a "
+                         "recognised audio, image or NPY file either (libsndfile: %s)",
+                         path, bad, buf[bad], why, sf_why);
             free(buf);
-            return sn_fail(SN_ERR_FORMAT,
-                           "%s: invalid UTF-8 at byte offset %zu (0x%02x starts %s), and not "
-                           "a recognised audio, image or NPY file either (libsndfile: %s)",
-                           path, bad, buf[bad], why, sf_why);
+            return st;
         }
         out->kind = SN_MEDIA_TEXT;
         out->t = 0;
@@ -1418,8 +1422,8 @@ sn_status sn_tokens_read_npy(const char *path, int32_t **ids, size_t *n)
         return sn_fail(SN_ERR_INVALID_ARG, "sn_tokens_read_npy: NULL argument");
     *ids = NULL;
     *n = 0;
-    uint8_t *buf;
-    size_t len;
+    uint8_t *buf = NULL;
+    size_t len = 0;
     sn_status st = read_file(path, &buf, &len);
     if (st != SN_OK)
         return st;

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# test_cli.sh - the `sensorium` command as a user meets it: listings, round trips through
+# files, exit codes (0 ok, 1 runtime error, 2 usage error) and one-line errors.
+# Usage: test_cli.sh SENSORIUM_BINARY TEST_PLUGIN_DIR SOURCE_DIR
+set -u
+sn=$1 test_plugins=$2 src=$3
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+export SENSORIUM_PLUGIN_PATH=
+pass=0 fail=0
+
+# check NAME EXPECTED_STATUS PATTERN -- COMMAND...: runs COMMAND, checks its exit status and
+# that its stdout+stderr matches the extended regex PATTERN ('' for any).
+check() {
+  local name=$1 want=$2 pattern=$3; shift 4
+  local out status
+  out=$("$@" 2>&1); status=$?
+  if [[ $status -ne $want ]]; then
+    echo "FAIL $name: exit status $status, expected $want"; echo "$out" | head -20; fail=$((fail+1)); return
+  fi
+  if [[ -n $pattern ]] && ! grep -Eq -- "$pattern" <<<"$out"; then
+    echo "FAIL $name: output does not match /$pattern/"; echo "$out" | head -20; fail=$((fail+1)); return
+  fi
+  echo "ok   $name"; pass=$((pass+1))
+}
+
+actions='{"actions": ["raise_left_hand", "raise_right_hand", "stop"]}'
+printf 'héllo, wörld 🖐\n' >"$tmp/text.txt"
+printf 'stop raise_left_hand\nstop\n' >"$tmp/acts.txt"
+
+check help 0 'commands:' -- "$sn" --help
+check version 0 'plugin ABI 1\.' -- "$sn" --version
+for c in plugins tokenize detokenize vocab; do
+  check "help_$c" 0 "usage: sensorium $c" -- "$sn" "$c" --help
+done
+check no_command 2 'usage:' -- "$sn"
+check unknown_command 2 "unknown command 'frob'" -- "$sn" frob
+check unknown_option 2 "unknown option '--bogus'" -- "$sn" tokenize --plugin text.bytes --bogus x
+check missing_value 2 "needs a value" -- "$sn" tokenize "$tmp/text.txt" --plugin
+check missing_plugin_opt 2 'plugin NAME is required' -- "$sn" tokenize "$tmp/text.txt"
+
+check plugins_lists_both 0 'action\.discrete .*tok\+dec.*1\.0\.0' -- "$sn" plugins
+check plugins_text_vocab 0 'text\.bytes +tok\+dec +1\.0\.0 +256 ' -- "$sn" plugins
+check plugins_broken_listed 0 'not_elf\.so: not a shared object' -- "$sn" --plugin-path "$test_plugins" plugins
+check plugins_broken_abi 0 'abi_major\.so: descriptor #0: built for plugin ABI 2\.0' -- "$sn" --plugin-path "$test_plugins" plugins
+check plugins_create_fail 0 'test\.create_fail .*create failed: the test plugin always fails create' -- "$sn" --plugin-path "$test_plugins" plugins
+check plugins_good_still_load 0 'test\.good +tok\+dec' -- "$sn" --plugin-path "$test_plugins" plugins
+
+check tokenize_text 0 '^104 195 169 108' -- "$sn" tokenize --plugin text.bytes "$tmp/text.txt"
+check tokenize_to_npy 0 '-> 20 tokens' -- "$sn" tokenize --plugin text.bytes "$tmp/text.txt" -o "$tmp/t.npy"
+check tokenize_chunked 0 '' -- "$sn" tokenize --plugin text.bytes --chunk 3 "$tmp/text.txt" -o "$tmp/t3.npy"
+check chunked_same_ids 0 '' -- cmp "$tmp/t.npy" "$tmp/t3.npy"
+check detokenize_text 0 '"text":"héllo, wörld 🖐' -- "$sn" detokenize --plugin text.bytes "$tmp/t.npy"
+check detokenize_to_file 0 '' -- "$sn" detokenize --plugin text.bytes "$tmp/t.npy" -o "$tmp/back.txt"
+check text_round_trip 0 '' -- cmp "$tmp/text.txt" "$tmp/back.txt"
+
+check tokenize_actions 0 '^2 0 2$' -- "$sn" tokenize --plugin action.discrete --config "$actions" "$tmp/acts.txt"
+printf '%s' "$actions" >"$tmp/actions.json"
+check config_from_file 0 '' -- "$sn" tokenize --plugin action.discrete --config "@$tmp/actions.json" "$tmp/acts.txt" -o "$tmp/a.npy"
+check detokenize_actions 0 '"kind":"action","name":"raise_left_hand","index":0' -- "$sn" detokenize --plugin action.discrete --config "$actions" "$tmp/a.npy"
+check actions_to_jsonl 0 '' -- "$sn" detokenize --plugin action.discrete --config "$actions" "$tmp/a.npy" -o "$tmp/a.jsonl"
+check actions_jsonl_lines 0 '^3$' -- bash -c "wc -l <'$tmp/a.jsonl'"
+
+check missing_input 1 "nonexistent\.txt: cannot open" -- "$sn" tokenize --plugin text.bytes "$tmp/nonexistent.txt"
+check unknown_plugin 1 "unknown plugin 'audio\.nothing'" -- "$sn" tokenize --plugin audio.nothing "$tmp/text.txt"
+check bad_config_json 1 'line 1 column' -- "$sn" tokenize --plugin action.discrete --config '{oops' "$tmp/acts.txt"
+check plugin_config_error 1 "action\.discrete .*create failed: .*actions" -- "$sn" tokenize --plugin action.discrete "$tmp/acts.txt"
+check unknown_action 1 "unknown action 'jump'" -- bash -c "echo jump | tee '$tmp/j.txt' >/dev/null; '$sn' tokenize --plugin action.discrete --config '$actions' '$tmp/j.txt'"
+check ids_out_of_range 1 "outside action\.discrete's vocabulary 0\.\.2" -- "$sn" detokenize --plugin action.discrete --config "$actions" "$tmp/t.npy"
+check one_line_error 0 '^1$' -- bash -c "'$sn' tokenize --plugin text.bytes '$tmp/nonexistent.txt' 2>&1 | wc -l"
+
+check vocab_demo 0 '264\.\.266 +tokens +action +action\.discrete' -- "$sn" vocab "$src/models/demo"
+mkdir -p "$tmp/model"
+sed 's/"start": 264/"start": 260/' "$src/models/demo/sensorium.json" >"$tmp/model/sensorium.json"
+check vocab_overlap 1 'sensorium\.json: vocab\.segments\[1\] \(action\) ids 260\.\.262 overlap vocab\.segments\[0\] \(text\)' -- "$sn" vocab "$tmp/model"
+check vocab_missing 1 'no manifest here' -- "$sn" vocab "$tmp"
+
+echo "$pass passed, $fail failed"
+[[ $fail -eq 0 ]]

@@ -7,6 +7,7 @@ source "$(dirname "$0")/lib/common.sh"
 cd "$SN_ROOT"
 
 sn_install_deps
+sn_fetch_testdata
 
 jobs=$(nproc)
 sn_build "$SN_ROOT/build" -DSN_WERROR=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo

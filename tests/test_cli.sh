@@ -30,7 +30,7 @@ printf 'stop raise_left_hand\nstop\n' >"$tmp/acts.txt"
 
 check help 0 'commands:' -- "$sn" --help
 check version 0 'plugin ABI 1\.' -- "$sn" --version
-for c in plugins tokenize detokenize vocab; do
+for c in plugins tokenize detokenize vocab fit; do
   check "help_$c" 0 "usage: sensorium $c" -- "$sn" "$c" --help
 done
 check no_command 2 'usage:' -- "$sn"
@@ -42,7 +42,7 @@ check missing_plugin_opt 2 'plugin NAME is required' -- "$sn" tokenize "$tmp/tex
 check plugins_lists_both 0 'action\.discrete .*tok\+dec.*1\.0\.0' -- "$sn" plugins
 check plugins_text_vocab 0 'text\.bytes +tok\+dec +1\.0\.0 +256 ' -- "$sn" plugins
 check plugins_broken_listed 0 'not_elf\.so: not a shared object' -- "$sn" --plugin-path "$test_plugins" plugins
-check plugins_broken_abi 0 'abi_major\.so: descriptor #0: built for plugin ABI 2\.0' -- "$sn" --plugin-path "$test_plugins" plugins
+check plugins_broken_abi 0 'abi_major\.so: descriptor #0: built for plugin ABI 2\.0 but this engine speaks 1\.x' -- "$sn" --plugin-path "$test_plugins" plugins
 check plugins_create_fail 0 'test\.create_fail .*create failed: the test plugin always fails create' -- "$sn" --plugin-path "$test_plugins" plugins
 check plugins_good_still_load 0 'test\.good +tok\+dec' -- "$sn" --plugin-path "$test_plugins" plugins
 
@@ -68,6 +68,11 @@ check plugin_config_error 1 "action\.discrete .*create failed: .*actions" -- "$s
 check unknown_action 1 "unknown action 'jump'" -- bash -c "echo jump | tee '$tmp/j.txt' >/dev/null; '$sn' tokenize --plugin action.discrete --config '$actions' '$tmp/j.txt'"
 check ids_out_of_range 1 "outside action\.discrete's vocabulary 0\.\.2" -- "$sn" detokenize --plugin action.discrete --config "$actions" "$tmp/t.npy"
 check one_line_error 0 '^1$' -- bash -c "'$sn' tokenize --plugin text.bytes '$tmp/nonexistent.txt' 2>&1 | wc -l"
+
+check fit_needs_output 2 'fit: -o FILE is required' -- "$sn" fit --plugin text.bytes "$tmp/text.txt"
+check fit_needs_data 2 'at least one DATA file' -- "$sn" fit --plugin text.bytes -o "$tmp/x.npy"
+check fit_unsupported 1 'text\.bytes .*learns nothing from data' -- "$sn" fit --plugin text.bytes "$tmp/text.txt" -o "$tmp/x.npy"
+check fit_bad_data 1 'nonexistent\.wav: cannot open' -- "$sn" fit --plugin text.bytes "$tmp/nonexistent.wav" -o "$tmp/x.npy"
 
 check vocab_demo 0 '264\.\.266 +tokens +action +action\.discrete' -- "$sn" vocab "$src/models/demo"
 mkdir -p "$tmp/model"

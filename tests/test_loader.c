@@ -55,8 +55,9 @@ Test(loader, good_plugins_load_despite_broken_neighbours)
     cr_assert_geq(sn_plugins_find(ps, "test.multi_b"), 0);
     cr_assert_geq(sn_plugins_find(ps, "test.newer_minor"), 0);
     cr_assert_geq(sn_plugins_find(ps, "test.bad_ids"), 0);
-    /* good, create_fail, multi_a, multi_b, newer_minor, bad_ids */
-    cr_assert_eq(sn_plugins_count(ps), 6, "loaded %zu plugins", sn_plugins_count(ps));
+    cr_assert_geq(sn_plugins_find(ps, "test.v1_0"), 0);
+    /* good, create_fail, multi_a, multi_b, newer_minor, bad_ids, v1_0 */
+    cr_assert_eq(sn_plugins_count(ps), 7, "loaded %zu plugins", sn_plugins_count(ps));
     /* not_elf, no_entry, abi_major, small_desc, null_fn, zz_duplicate, multi (one bad desc) */
     cr_assert_eq(sn_plugins_error_count(ps), 7, "recorded %zu errors", sn_plugins_error_count(ps));
 
@@ -96,6 +97,21 @@ Test(loader, newer_minor_version_is_accepted)
     sn_codec *c;
     cr_assert_eq(sn_codec_open(ps, "test.newer_minor", NULL, NULL, &c), SN_OK, "%s", sn_errmsg());
     sn_codec_close(c);
+}
+
+Test(loader, older_minor_version_is_accepted_and_new_fields_read_as_null)
+{
+    sn_plugin_info info;
+    sn_plugins_get(ps, (size_t)sn_plugins_find(ps, "test.v1_0"), &info);
+    cr_expect_eq(info.abi_minor, 0);
+    sn_codec *c;
+    cr_assert_eq(sn_codec_open(ps, "test.v1_0", NULL, NULL, &c), SN_OK, "%s", sn_errmsg());
+    sn_codec_close(c);
+    /* fit arrived in 1.1: the host must not read it past a 1.0 descriptor's end, where this
+     * test plugin keeps a fit function that would succeed */
+    sn_media m = {.kind = SN_MEDIA_TEXT, .text = {"a", 1}};
+    cr_expect_eq(sn_fit(ps, "test.v1_0", NULL, &m, 1, "/tmp/sn_never_written.npy"), SN_ERR_UNSUPPORTED);
+    cr_expect_not_null(strstr(sn_errmsg(), "learns nothing from data"), "%s", sn_errmsg());
 }
 
 Test(loader, create_failure_carries_the_plugins_message)

@@ -62,7 +62,7 @@ typedef struct opts {
     const char *data_dir;
     const char *output;
     long chunk;         /* elements per encode call; 0: whole */
-    const char *positional[4];
+    const char **positional; /* (n_positional), gathered at the start of argv */
     int n_positional;
     int help;
 } opts;
@@ -71,6 +71,9 @@ typedef struct opts {
 static int parse_opts(const char *cmd, int argc, char **argv, const char *allowed, int max_pos,
                       opts *o)
 {
+    /* Positional arguments are gathered in place at argv[1..]: each is moved to an index no
+     * greater than its own, which the scan has already passed. */
+    o->positional = (const char **)(argv + 1);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *val = i + 1 < argc ? argv[i + 1] : NULL;
@@ -89,7 +92,7 @@ static int parse_opts(const char *cmd, int argc, char **argv, const char *allowe
         else {
             if (o->n_positional >= max_pos)
                 return usage_error(cmd, "%s: unexpected argument '%s'", cmd, a);
-            o->positional[o->n_positional++] = a;
+            argv[1 + o->n_positional++] = (char *)a;
             continue;
         }
         if (flag != 'P' && !strchr(allowed, flag))
@@ -592,6 +595,68 @@ done:
 }
 
 /* ---------------------------------------------------------------------------------------- */
+/* sensorium fit                                                                            */
+/* ---------------------------------------------------------------------------------------- */
+
+static const char fit_help[] =
+    "usage: sensorium fit --plugin NAME [--config JSON|@FILE] DATA... -o FILE\n"
+    "\n"
+    "Learns what plugin NAME needs from data (a k-means codebook, per-dimension value ranges)\n"
+    "and writes it to FILE. Put FILE in the model folder (or the --data-dir of tokenize) under\n"
+    "the name the plugin's configuration gives; the plugin's README says which. Deterministic:\n"
+    "the same data and configuration give the same file. Progress is shown as it goes.\n";
+
+static int cmd_fit(int argc, char **argv)
+{
+    opts o = {0};
+    int rc = parse_opts("fit", argc, argv, "pco", argc, &o);
+    if (rc)
+        return rc;
+    if (o.help) {
+        fputs(fit_help, stdout);
+        return 0;
+    }
+    if (!o.plugin)
+        return usage_error("fit", "fit: --plugin NAME is required");
+    if (!o.output)
+        return usage_error("fit", "fit: -o FILE is required");
+    if (o.n_positional < 1)
+        return usage_error("fit", "fit: give at least one DATA file");
+    sn_plugins *ps;
+    if ((rc = open_plugins(&o, &ps)))
+        return rc;
+    char *config = NULL;
+    sn_media *data = calloc((size_t)o.n_positional, sizeof *data);
+    if (!data) {
+        rc = fail("out of memory");
+        goto done;
+    }
+    if (o.config && !(config = read_config(o.config))) {
+        rc = EXIT_FAILURE;
+        goto done;
+    }
+    for (int i = 0; i < o.n_positional; i++) {
+        if (sn_media_read(o.positional[i], &data[i]) != SN_OK) {
+            rc = lib_fail();
+            goto done;
+        }
+    }
+    fprintf(stderr, "fitting %s on %d file%s\n", o.plugin, o.n_positional, o.n_positional == 1 ? "" : "s");
+    if (sn_fit(ps, o.plugin, config, data, (size_t)o.n_positional, o.output) != SN_OK) {
+        rc = lib_fail();
+        goto done;
+    }
+    fprintf(stderr, "wrote %s\n", o.output);
+done:
+    for (int i = 0; data && i < o.n_positional; i++)
+        sn_media_release(&data[i]);
+    free(data);
+    free(config);
+    sn_plugins_close(ps);
+    return rc;
+}
+
+/* ---------------------------------------------------------------------------------------- */
 /* sensorium vocab                                                                          */
 /* ---------------------------------------------------------------------------------------- */
 
@@ -680,6 +745,7 @@ static const char main_help[] =
     "  tokenize     tokenize a stimulus file with a plugin\n"
     "  detokenize   decode token ids into actions, text, audio or images\n"
     "  vocab        print and check a model's vocabulary layout\n"
+    "  fit          learn a plugin's codebook or value ranges from data\n"
     "\n"
     "`sensorium COMMAND --help` describes each. Plugins are searched in --plugin-path, then\n"
     "SENSORIUM_PLUGIN_PATH (colon-separated folders or .so files), then the build's plugin\n"
@@ -732,6 +798,8 @@ int main(int argc, char **argv)
         rc = cmd_detokenize(sub_argc, sub_argv);
     else if (strcmp(cmd, "vocab") == 0)
         rc = cmd_vocab(sub_argc, sub_argv);
+    else if (strcmp(cmd, "fit") == 0)
+        rc = cmd_fit(sub_argc, sub_argv);
     else
         rc = usage_error(NULL, "unknown command '%s'", cmd);
     free(args);

@@ -249,8 +249,10 @@ sn_status sn_plugin_fail(const sn_plugin_rec *rec, const char *what, sn_plugin_s
                    msg[0] ? msg : sn_plugin_status_str(st));
 }
 
-sn_status sn_plugin_instance_create(const sn_plugin_rec *rec, json_t *config,
-                                    const char *data_dir, sn_plugin_instance **out)
+/* Allocates an instance record with its host table, before the plugin's create(): fit()
+ * runs with the same host services but no instance. */
+static sn_status instance_alloc(const sn_plugin_rec *rec, json_t *config, const char *data_dir,
+                                sn_plugin_instance **out)
 {
     *out = NULL;
     if (config && !json_is_object(config))
@@ -289,6 +291,17 @@ sn_status sn_plugin_instance_create(const sn_plugin_rec *rec, json_t *config,
         .config_key = host_config_key,
         .data_dir = host_data_dir,
     };
+    *out = inst;
+    return SN_OK;
+}
+
+sn_status sn_plugin_instance_create(const sn_plugin_rec *rec, json_t *config,
+                                    const char *data_dir, sn_plugin_instance **out)
+{
+    sn_plugin_instance *inst;
+    sn_status alloc_st = instance_alloc(rec, config, data_dir, &inst);
+    if (alloc_st != SN_OK)
+        return alloc_st;
     sn_plugin_error err = {{0}};
     sn_plugin_status pst = rec->desc.create(&inst->host, &inst->instance, &err);
     if (pst != SN_PLUGIN_OK) {
@@ -320,6 +333,59 @@ void sn_plugin_instance_destroy(sn_plugin_instance *inst)
 }
 
 /* ---------------------------------------------------------------------------------------- */
+/* Fitting                                                                                  */
+/* ---------------------------------------------------------------------------------------- */
+
+/* Parses config_json (NULL or "" for {}) into *out; the message names whose config it is. */
+static sn_status parse_config(const char *name, const char *config_json, json_t **out)
+{
+    *out = NULL;
+    if (!config_json || !*config_json)
+        return SN_OK;
+    json_error_t jerr;
+    *out = json_loads(config_json, JSON_REJECT_DUPLICATES, &jerr);
+    if (!*out)
+        return sn_fail(SN_ERR_CONFIG, "configuration for %s, line %d column %d: %s", name,
+                       jerr.line, jerr.column, jerr.text);
+    return SN_OK;
+}
+
+sn_status sn_fit(const sn_plugins *plugins, const char *name, const char *config_json,
+                 const sn_media *data, size_t n, const char *out_path)
+{
+    sn_clear_error();
+    if (!plugins || !name || !out_path || (n && !data))
+        return sn_fail(SN_ERR_INVALID_ARG, "sn_fit: plugins, name, data and out_path must not be NULL");
+    const sn_plugin_rec *rec = sn_plugins_lookup(plugins, name);
+    if (!rec)
+        return sn_fail(SN_ERR_NOT_FOUND, "unknown plugin '%s' (`sensorium plugins` lists them)", name);
+    if (!rec->desc.fit)
+        return sn_fail(SN_ERR_UNSUPPORTED, "%s (%s) learns nothing from data: it needs no fitting",
+                       name, rec->file);
+    if (n == 0)
+        return sn_fail(SN_ERR_INVALID_ARG, "%s: fitting needs at least one data file", name);
+    for (size_t i = 0; i < n; i++)
+        if (!(rec->desc.media_kinds & SN_MEDIA_BIT(data[i].kind)))
+            return sn_fail(SN_ERR_UNSUPPORTED, "%s (%s) does not read %s media (data item %zu)",
+                           name, rec->file, sn_media_kind_name(data[i].kind), i);
+    json_t *config;
+    sn_status st = parse_config(name, config_json, &config);
+    if (st != SN_OK)
+        return st;
+    sn_plugin_instance *inst;
+    st = instance_alloc(rec, config, NULL, &inst);
+    json_decref(config);
+    if (st != SN_OK)
+        return st;
+    sn_plugin_error err = {{0}};
+    sn_plugin_status pst = rec->desc.fit(&inst->host, data, n, out_path, &err);
+    if (pst != SN_PLUGIN_OK)
+        st = sn_plugin_fail(rec, "fit failed", pst, &err);
+    sn_plugin_instance_destroy(inst);
+    return st;
+}
+
+/* ---------------------------------------------------------------------------------------- */
 /* Codecs                                                                                   */
 /* ---------------------------------------------------------------------------------------- */
 
@@ -345,14 +411,10 @@ sn_status sn_codec_open(const sn_plugins *plugins, const char *name, const char 
         sn_str_free(&known);
         return st;
     }
-    json_t *config = NULL;
-    if (config_json && *config_json) {
-        json_error_t jerr;
-        config = json_loads(config_json, JSON_REJECT_DUPLICATES, &jerr);
-        if (!config)
-            return sn_fail(SN_ERR_CONFIG, "configuration for %s, line %d column %d: %s", name,
-                           jerr.line, jerr.column, jerr.text);
-    }
+    json_t *config;
+    sn_status cst = parse_config(name, config_json, &config);
+    if (cst != SN_OK)
+        return cst;
     sn_codec *c = calloc(1, sizeof *c);
     if (!c) {
         json_decref(config);

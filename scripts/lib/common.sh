@@ -5,7 +5,8 @@ SN_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 
 # Debian packages the build and the tests need.
 SN_DEB_PACKAGES=(cmake ninja-build pkg-config gcc g++ libc6-dev
-                 libjansson-dev libsndfile1-dev libpng-dev libcriterion-dev)
+                 libjansson-dev libsndfile1-dev libpng-dev libcriterion-dev
+                 libsamplerate0-dev libfftw3-dev)
 
 sn_log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -35,4 +36,28 @@ sn_build() {
   cmake -S "$SN_ROOT" -B "$dir" -G Ninja "$@" >"$dir/configure.log" 2>&1 || {
     cat "$dir/configure.log" >&2; return 1; }
   ninja -C "$dir" -j "$(nproc)"
+}
+
+# Real recordings and photos for the sense-plugin tests, unpacked from Debian packages into
+# .testdata/ (not installed: python3-skimage would pull in half of SciPy just for its images).
+#   .testdata/usr/share/sounds/alsa/*.wav                       spoken words, 48 kHz
+#   .testdata/usr/share/pocketsphinx/test/data/...              read speech, 16 kHz
+#   .testdata/usr/lib/python3/dist-packages/skimage/data/*.png  photos
+SN_TESTDATA_PACKAGES=(alsa-utils pocketsphinx-testdata python3-skimage)
+
+sn_fetch_testdata() {
+  local dir="$SN_ROOT/.testdata" stamp="$SN_ROOT/.testdata/.complete"
+  [[ -f $stamp ]] && return 0
+  sn_log "unpacking test recordings and photos: ${SN_TESTDATA_PACKAGES[*]}"
+  local dl; dl=$(mktemp -d)
+  chmod 755 "$dl"
+  if ! (cd "$dl" && apt-get download "${SN_TESTDATA_PACKAGES[@]}" >/dev/null 2>&1); then
+    [[ $(id -u) -eq 0 ]] && DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    (cd "$dl" && apt-get download "${SN_TESTDATA_PACKAGES[@]}" >/dev/null) || {
+      echo "could not download ${SN_TESTDATA_PACKAGES[*]} (apt-get download)" >&2; rm -rf "$dl"; return 1; }
+  fi
+  mkdir -p "$dir"
+  for deb in "$dl"/*.deb; do dpkg-deb -x "$deb" "$dir"; done
+  rm -rf "$dl"
+  touch "$stamp"
 }

@@ -98,6 +98,15 @@ static sn_plugin_status tp_decode(sn_stream *s, const int32_t *ids, size_t n, do
     return SN_PLUGIN_OK;
 }
 
+#if defined(TP_V1_0)
+static sn_plugin_status tp_fit_never(const sn_host *host, const sn_media *data, size_t n,
+                                     const char *out_path, sn_plugin_error *err)
+{
+    (void)host, (void)data, (void)n, (void)out_path, (void)err;
+    return SN_PLUGIN_OK;
+}
+#endif
+
 #define TP_DESC(desc_name, plugin_name)                                \
     {                                                                  \
         .struct_size = sizeof(sn_plugin_desc),                         \
@@ -140,9 +149,14 @@ static const sn_plugin_desc *tp_get(uint32_t index)
     return index == 0 ? &desc_v1_99.d : NULL;
 #else
 #if defined(TP_ABI_MAJOR)
-    desc.abi_major = SN_PLUGIN_ABI_MAJOR + 1;
+    desc.abi_major = SN_PLUGIN_ABI_MAJOR + 1; /* a plugin from a future 2.0 */
+    desc.abi_minor = 0;
 #elif defined(TP_SMALL_DESC)
     desc.struct_size = (uint32_t)offsetof(sn_plugin_desc, decode); /* an older, shorter layout */
+#elif defined(TP_V1_0)
+    desc.struct_size = (uint32_t)SN_PLUGIN_DESC_V1_SIZE; /* built against plugin.h 1.0 */
+    desc.abi_minor = 0;
+    desc.fit = tp_fit_never; /* past the declared size: the host must not see it */
 #elif defined(TP_NULL_FN)
     desc.encode = NULL; /* a tokenizer without encode */
 #endif

@@ -48,7 +48,7 @@ extern "C" {
 #endif
 
 #define SN_PLUGIN_ABI_MAJOR 1
-#define SN_PLUGIN_ABI_MINOR 0
+#define SN_PLUGIN_ABI_MINOR 1
 
 /* The one symbol a plugin file exports (see SN_PLUGIN_ENTRY below). */
 #define SN_PLUGIN_ENTRY_SYMBOL "sn_plugin_entry"
@@ -340,9 +340,24 @@ typedef struct sn_plugin_desc {
      */
     sn_plugin_status (*constrain)(sn_stream *stream, const int32_t *segment, size_t n,
                                   uint64_t *allowed, int *may_end, sn_plugin_error *err);
+
+    /* --- since ABI 1.1 ------------------------------------------------------------------ */
+
+    /*
+     * Learns from data what the plugin needs beyond its configuration (a codebook, value
+     * ranges) and writes it to out_path, the file a later create() loads from the model's
+     * data directory (`sensorium fit`). Called without an instance: read the configuration
+     * through host, as create() does. data holds n whole stimuli (never chunks). Must be
+     * deterministic for the same data and configuration (fixed seeds). Report progress of
+     * long work through host->log at SN_LOG_INFO, say every few seconds. Optional; NULL means
+     * the plugin needs no fitting.
+     */
+    sn_plugin_status (*fit)(const sn_host *host, const sn_media *data, size_t n,
+                            const char *out_path, sn_plugin_error *err);
 } sn_plugin_desc;
 
-/* The size of the version 1.0 descriptor; the host rejects smaller descriptors. */
+/* The size of the version 1.0 descriptor, the smallest the host accepts. A 1.0 plugin's
+ * descriptor ends after constrain, and the host reads fit as NULL for it. */
 #define SN_PLUGIN_DESC_V1_SIZE \
     (offsetof(sn_plugin_desc, constrain) + sizeof(((sn_plugin_desc *)0)->constrain))
 

@@ -198,6 +198,15 @@ SN_API sn_status sn_codec_decode_flush(sn_codec *codec, sn_action_fn fn, void *c
 SN_API sn_status sn_codec_constrain(sn_codec *codec, const int32_t *segment, size_t n,
                                     uint64_t *allowed, int *may_end);
 
+/*
+ * Fits what the named plugin learns from data (a codebook, value ranges) on n whole stimuli
+ * and writes it to out_path, for the plugin to load later from the model's data directory.
+ * Progress arrives through the log handler. A plugin without a fit function is
+ * SN_ERR_UNSUPPORTED.
+ */
+SN_API sn_status sn_fit(const sn_plugins *plugins, const char *name, const char *config_json,
+                        const sn_media *data, size_t n, const char *out_path);
+
 /* ---------------------------------------------------------------------------------------- */
 /* Vocabulary layout                                                                        */
 /* ---------------------------------------------------------------------------------------- */

@@ -7,6 +7,7 @@ source "$(dirname "$0")/lib/common.sh"
 cd "$SN_ROOT"
 
 sn_install_deps
+sn_install_python
 sn_fetch_testdata
 
 jobs=$(nproc)

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "sensorium/sensorium.h"
 
@@ -680,29 +681,11 @@ static const char *role_str(sn_token_role r)
     return "?";
 }
 
-static int cmd_vocab(int argc, char **argv)
+/* The layout as a table: runs of ids with the same role and segment on one line. */
+static void print_layout(const sn_vocab *v)
 {
-    opts o = {0};
-    int rc = parse_opts("vocab", argc, argv, "", 1, &o);
-    if (rc)
-        return rc;
-    if (o.help) {
-        fputs(vocab_help, stdout);
-        return 0;
-    }
-    if (o.n_positional != 1)
-        return usage_error("vocab", "vocab: give one MODEL_DIR");
-    sn_plugins *ps;
-    if ((rc = open_plugins(&o, &ps)))
-        return rc;
-    sn_vocab *v;
-    if (sn_vocab_open(o.positional[0], ps, &v) != SN_OK) {
-        rc = lib_fail();
-        sn_plugins_close(ps);
-        return rc;
-    }
     uint32_t size = sn_vocab_size(v);
-    printf("model %s: %u ids, %zu segments\n\n", o.positional[0], size, sn_vocab_segment_count(v));
+    printf("%u ids, %zu segments\n\n", size, sn_vocab_segment_count(v));
     printf("%-15s %-9s %-12s %-18s %s\n", "IDS", "ROLE", "MODALITY", "PLUGIN", "CONFIG");
     /* Runs of ids with the same role and segment print as one line. */
     for (uint32_t g = 0; g < size;) {
@@ -728,8 +711,417 @@ static int cmd_vocab(int argc, char **argv)
                info.role == SN_TOKEN_PLUGIN ? seg.config_json : "");
         g = end;
     }
+}
+
+static int cmd_vocab(int argc, char **argv)
+{
+    opts o = {0};
+    int rc = parse_opts("vocab", argc, argv, "", 1, &o);
+    if (rc)
+        return rc;
+    if (o.help) {
+        fputs(vocab_help, stdout);
+        return 0;
+    }
+    if (o.n_positional != 1)
+        return usage_error("vocab", "vocab: give one MODEL_DIR");
+    sn_plugins *ps;
+    if ((rc = open_plugins(&o, &ps)))
+        return rc;
+    sn_vocab *v;
+    if (sn_vocab_open(o.positional[0], ps, &v) != SN_OK) {
+        rc = lib_fail();
+        sn_plugins_close(ps);
+        return rc;
+    }
+    printf("model %s: ", o.positional[0]);
+    print_layout(v);
     sn_vocab_close(v);
     sn_plugins_close(ps);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* sensorium run and info                                                                   */
+/* ---------------------------------------------------------------------------------------- */
+
+static const char run_help[] =
+    "usage: sensorium run -m MODEL [--feed MODALITY:FILE]... [--feed-tokens IDS|@FILE.npy]...\n"
+    "                     [--generate MODALITY[,MODALITY...]|raw] [--max-tokens N]\n"
+    "                     [--max-segments N] [--seed S] [--temperature T] [--top-k K]\n"
+    "                     [--top-p P] [--min-p P] [--repetition-penalty R]\n"
+    "                     [--sampling MODALITY:T,K,P,MINP,R] [--print-tokens] [-o DIR]\n"
+    "                     [--backend auto|cpu|cuda] [--threads N] [--tp N] [--kv-mb MB]\n"
+    "\n"
+    "Feeds stimuli (each tokenized by its modality's plugin as <begin:M> ... <end:M>) and raw\n"
+    "token ids (comma- or space-separated, or an integer NPY file) in the order given, then\n"
+    "generates up to --max-tokens tokens (default 64), constrained to the listed output\n"
+    "modalities ('raw': any id, no automaton). Decoded actions print as JSON lines; audio and\n"
+    "images are written to DIR (default .) as MODALITY-N.wav / MODALITY-N.png.\n"
+    "--sampling sets one modality's parameters (temperature,top_k,top_p,min_p,penalty).\n"
+    "--print-tokens prints the generated ids as one JSON line. Greedy by default.\n";
+
+typedef struct run_out {
+    const char *dir;
+    int n_audio, n_image;
+    const char *audio_modality;
+    float *audio;      /* concatenated audio of the current run, written at the end */
+    size_t n_samples;
+    uint32_t rate;
+    int failed;
+} run_out;
+
+static int run_on_action(void *ctx, sn_session *s, const char *modality, const sn_action *a)
+{
+    (void)s;
+    run_out *ro = ctx;
+    json_t *j = json_object();
+    json_object_set_new(j, "t", json_real(a->t));
+    json_object_set_new(j, "modality", json_string(modality));
+    char path[1024];
+    switch (a->kind) {
+    case SN_ACTION_NAMED:
+        json_object_set_new(j, "kind", json_string("action"));
+        json_object_set_new(j, "name", json_string(a->named.name));
+        json_object_set_new(j, "index", json_integer(a->named.index));
+        break;
+    case SN_ACTION_VECTOR: {
+        json_object_set_new(j, "kind", json_string("vector"));
+        json_t *vals = json_array();
+        for (size_t i = 0; i < a->vector.n; i++)
+            json_array_append_new(vals, json_real(a->vector.values[i]));
+        json_object_set_new(j, "values", vals);
+        break;
+    }
+    case SN_ACTION_TEXT:
+        json_object_set_new(j, "kind", json_string("text"));
+        json_object_set_new(j, "text", json_stringn(a->text.utf8, a->text.len));
+        break;
+    case SN_ACTION_AUDIO: {
+        json_object_set_new(j, "kind", json_string("audio"));
+        json_object_set_new(j, "samples", json_integer((json_int_t)a->audio.n_samples));
+        json_object_set_new(j, "sample_rate", json_integer(a->audio.sample_rate));
+        float *grown = realloc(ro->audio, (ro->n_samples + a->audio.n_samples + 1) * sizeof *grown);
+        if (!grown) {
+            ro->failed = 1;
+            break;
+        }
+        ro->audio = grown;
+        memcpy(ro->audio + ro->n_samples, a->audio.samples, a->audio.n_samples * sizeof *grown);
+        ro->n_samples += a->audio.n_samples;
+        ro->rate = a->audio.sample_rate;
+        ro->audio_modality = modality;
+        break;
+    }
+    case SN_ACTION_IMAGE: {
+        snprintf(path, sizeof path, "%s/%s-%d.png", ro->dir, modality, ro->n_image++);
+        sn_media m = {.kind = SN_MEDIA_IMAGE, .image = a->image};
+        json_object_set_new(j, "kind", json_string("image"));
+        json_object_set_new(j, "file", json_string(path));
+        if (sn_media_write(path, &m) != SN_OK) {
+            fail("%s", sn_errmsg());
+            ro->failed = 1;
+        }
+        break;
+    }
+    }
+    char *line = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));
+    if (line)
+        printf("%s\n", line);
+    free(line);
+    json_decref(j);
+    return 0;
+}
+
+/* Parses "1, 2 3" into ids (malloc'ed), or reads an integer NPY file given as @FILE; on
+ * failure prints why and returns -1. */
+static int parse_ids(const char *arg, int32_t **ids, size_t *n)
+{
+    if (arg[0] == '@') {
+        if (sn_tokens_read_npy(arg + 1, ids, n) == SN_OK)
+            return 0;
+        lib_fail();
+        return -1;
+    }
+    size_t cap = strlen(arg) / 2 + 1;
+    *ids = malloc(cap * sizeof **ids);
+    *n = 0;
+    if (!*ids) {
+        fail("out of memory");
+        return -1;
+    }
+    const char *p = arg;
+    while (*p) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        if (!*p)
+            break;
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (end == p || errno || v < 0 || v > INT32_MAX) {
+            fail("--feed-tokens: '%s' is not a list of token ids", arg);
+            free(*ids);
+            *ids = NULL;
+            return -1;
+        }
+        (*ids)[(*n)++] = (int32_t)v;
+        p = end;
+    }
+    return 0;
+}
+
+/* "T,K,P,MINP,R" into params; fields may be left empty to keep the default. */
+static int parse_sampling(const char *spec, sn_sampling_params *p)
+{
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", spec);
+    char *save = NULL, *f = strtok_r(buf, ",", &save);
+    for (int i = 0; f && i < 5; i++, f = strtok_r(NULL, ",", &save)) {
+        char *end;
+        double v = strtod(f, &end);
+        if (*end)
+            return -1;
+        switch (i) {
+        case 0: p->temperature = (float)v; break;
+        case 1: p->top_k = (int32_t)v; break;
+        case 2: p->top_p = (float)v; break;
+        case 3: p->min_p = (float)v; break;
+        case 4: p->repetition_penalty = (float)v; break;
+        }
+    }
+    return 0;
+}
+
+typedef struct feed_item {
+    int tokens;       /* raw ids rather than a media file */
+    const char *arg;  /* MODALITY:FILE or the ids */
+} feed_item;
+
+static int cmd_run(int argc, char **argv)
+{
+    sn_engine_opts eo = sn_engine_opts_default();
+    sn_session_opts so = sn_session_opts_default();
+    const char *generate = NULL, *out_dir = ".";
+    long max_tokens = 64, max_segments = 0;
+    int print_tokens = 0;
+    feed_item *feeds = calloc((size_t)argc, sizeof *feeds);
+    const char **sampling_specs = calloc((size_t)argc, sizeof *sampling_specs);
+    int n_feeds = 0, n_specs = 0, rc = 0;
+    sn_engine *e = NULL;
+    sn_session *s = NULL;
+    run_out ro = {0};
+    if (!feeds || !sampling_specs) {
+        rc = fail("out of memory");
+        goto done;
+    }
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            fputs(run_help, stdout);
+            goto done;
+        }
+        if (strcmp(a, "--print-tokens") == 0) {
+            print_tokens = 1;
+            continue;
+        }
+        if (!v) {
+            rc = usage_error("run", "run: option '%s' %s", a, a[0] == '-' ? "needs a value or is unknown" : "is not an option");
+            goto done;
+        }
+        char *end = NULL;
+        i++;
+        if (strcmp(a, "-m") == 0 || strcmp(a, "--model") == 0) eo.model_dir = v;
+        else if (strcmp(a, "--plugin-path") == 0) eo.plugin_path = v;
+        else if (strcmp(a, "--feed") == 0) feeds[n_feeds++] = (feed_item){0, v};
+        else if (strcmp(a, "--feed-tokens") == 0) feeds[n_feeds++] = (feed_item){1, v};
+        else if (strcmp(a, "--generate") == 0) generate = v;
+        else if (strcmp(a, "-o") == 0 || strcmp(a, "--output") == 0) out_dir = v;
+        else if (strcmp(a, "--backend") == 0) eo.backend = v;
+        else if (strcmp(a, "--sampling") == 0) sampling_specs[n_specs++] = v;
+        else if (strcmp(a, "--max-tokens") == 0) max_tokens = strtol(v, &end, 10);
+        else if (strcmp(a, "--max-segments") == 0) max_segments = strtol(v, &end, 10);
+        else if (strcmp(a, "--seed") == 0) so.seed = strtoull(v, &end, 10);
+        else if (strcmp(a, "--temperature") == 0) so.sampling.temperature = strtof(v, &end);
+        else if (strcmp(a, "--top-k") == 0) so.sampling.top_k = (int32_t)strtol(v, &end, 10);
+        else if (strcmp(a, "--top-p") == 0) so.sampling.top_p = strtof(v, &end);
+        else if (strcmp(a, "--min-p") == 0) so.sampling.min_p = strtof(v, &end);
+        else if (strcmp(a, "--repetition-penalty") == 0) so.sampling.repetition_penalty = strtof(v, &end);
+        else if (strcmp(a, "--threads") == 0) eo.threads = (int32_t)strtol(v, &end, 10);
+        else if (strcmp(a, "--tp") == 0) eo.tp = (int32_t)strtol(v, &end, 10);
+        else if (strcmp(a, "--kv-mb") == 0) eo.kv_bytes = (size_t)strtoull(v, &end, 10) << 20;
+        else {
+            rc = usage_error("run", "run: unknown option '%s'", a);
+            goto done;
+        }
+        if (end && (*end || end == v)) {
+            rc = usage_error("run", "run: %s needs a number, not '%s'", a, v);
+            goto done;
+        }
+    }
+    if (!eo.model_dir) {
+        rc = usage_error("run", "run: -m MODEL is required");
+        goto done;
+    }
+    if (max_tokens <= 0 || max_tokens > INT32_MAX) {
+        rc = usage_error("run", "run: --max-tokens must be positive");
+        goto done;
+    }
+    eo.max_sessions = 1;
+    if (sn_engine_open(&eo, &e) != SN_OK) {
+        rc = lib_fail();
+        goto done;
+    }
+    fprintf(stderr, "%s\n", sn_engine_describe(e));
+    ro.dir = out_dir;
+    so.callbacks = (sn_session_callbacks){.ctx = &ro, .on_action = run_on_action};
+    if (sn_session_open(e, &so, &s) != SN_OK) {
+        rc = lib_fail();
+        goto done;
+    }
+    for (int i = 0; i < n_specs; i++) {
+        const char *colon = strchr(sampling_specs[i], ':');
+        sn_sampling_params p = so.sampling;
+        char mod[128];
+        if (!colon || (size_t)(colon - sampling_specs[i]) >= sizeof mod || parse_sampling(colon + 1, &p)) {
+            rc = usage_error("run", "run: --sampling wants MODALITY:T,K,P,MINP,R, not '%s'", sampling_specs[i]);
+            goto done;
+        }
+        snprintf(mod, sizeof mod, "%.*s", (int)(colon - sampling_specs[i]), sampling_specs[i]);
+        if (sn_session_set_sampling(s, mod, &p) != SN_OK) {
+            rc = lib_fail();
+            goto done;
+        }
+    }
+    for (int i = 0; i < n_feeds; i++) {
+        if (feeds[i].tokens) {
+            int32_t *ids = NULL;
+            size_t n = 0;
+            if (parse_ids(feeds[i].arg, &ids, &n) != 0) {
+                rc = EXIT_FAILURE;
+                goto done;
+            }
+            sn_status st = sn_session_feed_tokens(s, ids, n);
+            sn_free(ids);
+            if (st != SN_OK) {
+                rc = lib_fail();
+                goto done;
+            }
+            continue;
+        }
+        const char *colon = strchr(feeds[i].arg, ':');
+        if (!colon || colon == feeds[i].arg) {
+            rc = usage_error("run", "run: --feed wants MODALITY:FILE, not '%s'", feeds[i].arg);
+            goto done;
+        }
+        char mod[128];
+        snprintf(mod, sizeof mod, "%.*s", (int)(colon - feeds[i].arg), feeds[i].arg);
+        sn_media m = {0};
+        sn_status st = sn_media_read(colon + 1, &m);
+        if (st == SN_OK)
+            st = sn_session_feed(s, mod, &m);
+        sn_media_release(&m);
+        if (st != SN_OK) {
+            rc = lib_fail();
+            goto done;
+        }
+    }
+    /* --generate a,b or raw */
+    const char *mods[64];
+    size_t n_mods = 0;
+    char gen_buf[1024] = "";
+    if (generate && strcmp(generate, "raw") != 0) {
+        snprintf(gen_buf, sizeof gen_buf, "%s", generate);
+        char *save = NULL;
+        for (char *m = strtok_r(gen_buf, ",", &save); m && n_mods < 64; m = strtok_r(NULL, ",", &save))
+            mods[n_mods++] = m;
+    } else if (!generate && sn_engine_vocab(e)) {
+        rc = usage_error("run", "run: say what to generate: --generate MODALITY[,...] or --generate raw");
+        goto done;
+    }
+    size_t n_before;
+    sn_session_tokens(s, &n_before);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    if (sn_session_generate(s, n_mods ? mods : NULL, n_mods, (int32_t)max_tokens, (int32_t)max_segments) != SN_OK ||
+        sn_engine_run(e) != SN_OK) {
+        rc = lib_fail();
+        goto done;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    size_t n_after;
+    const int32_t *toks = sn_session_tokens(s, &n_after);
+    if (print_tokens) {
+        printf("{\"generated\": [");
+        for (size_t i = n_before; i < n_after; i++)
+            printf("%s%d", i > n_before ? ", " : "", toks[i]);
+        printf("]}\n");
+    }
+    if (ro.n_samples) {
+        char path[1024];
+        snprintf(path, sizeof path, "%s/%s-0.wav", out_dir, ro.audio_modality);
+        sn_media m = {.kind = SN_MEDIA_AUDIO, .audio = {ro.audio, ro.n_samples, ro.rate}};
+        if (sn_media_write(path, &m) != SN_OK)
+            rc = lib_fail();
+        else
+            fprintf(stderr, "wrote %s (%.2f s of audio)\n", path, (double)ro.n_samples / ro.rate);
+    }
+    static const char *reasons[] = {"none", "eos", "max tokens", "segments", "error", "callback"};
+    double secs = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+    sn_stop_reason why = sn_session_stop_reason(s);
+    fprintf(stderr, "prompt %zu tokens, generated %zu in %.3f s (%.1f tokens/s), stopped: %s%s%s\n",
+            n_before, n_after - n_before, secs, secs > 0 ? (double)(n_after - n_before) / secs : 0.0,
+            reasons[why <= SN_STOP_CALLER ? why : 0], sn_session_error(s)[0] ? ": " : "", sn_session_error(s));
+    if (why == SN_STOP_ERROR || ro.failed)
+        rc = EXIT_FAILURE;
+done:
+    free(ro.audio);
+    free(feeds);
+    free(sampling_specs);
+    sn_session_close(s);
+    sn_engine_close(e);
+    return rc;
+}
+
+static const char info_help[] =
+    "usage: sensorium info -m MODEL [--plugin-path DIRS] [--tp N]\n"
+    "\n"
+    "Loads the model and prints its architecture, sizes, the backend it would run on and its\n"
+    "vocabulary layout.\n";
+
+static int cmd_info(int argc, char **argv)
+{
+    sn_engine_opts eo = sn_engine_opts_default();
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            fputs(info_help, stdout);
+            return 0;
+        }
+        if (!v)
+            return usage_error("info", "info: option '%s' needs a value or is unknown", a);
+        i++;
+        if (strcmp(a, "-m") == 0 || strcmp(a, "--model") == 0) eo.model_dir = v;
+        else if (strcmp(a, "--plugin-path") == 0) eo.plugin_path = v;
+        else if (strcmp(a, "--tp") == 0) eo.tp = atoi(v);
+        else
+            return usage_error("info", "info: unknown option '%s'", a);
+    }
+    if (!eo.model_dir)
+        return usage_error("info", "info: -m MODEL is required");
+    eo.max_sessions = 1;
+    eo.max_batch_tokens = 1;
+    eo.kv_bytes = 1; /* info runs nothing: the smallest pool */
+    sn_engine *e;
+    if (sn_engine_open(&eo, &e) != SN_OK)
+        return lib_fail();
+    printf("%s\n", sn_engine_describe(e));
+    if (sn_engine_vocab(e)) {
+        printf("vocabulary: ");
+        print_layout(sn_engine_vocab(e));
+    } else
+        printf("vocabulary: no layout (a plain checkpoint): raw token ids\n");
+    sn_engine_close(e);
     return 0;
 }
 
@@ -746,6 +1138,8 @@ static const char main_help[] =
     "  detokenize   decode token ids into actions, text, audio or images\n"
     "  vocab        print and check a model's vocabulary layout\n"
     "  fit          learn a plugin's codebook or value ranges from data\n"
+    "  run          feed stimuli to a model and decode the actions it generates\n"
+    "  info         print a model's architecture and vocabulary layout\n"
     "\n"
     "`sensorium COMMAND --help` describes each. Plugins are searched in --plugin-path, then\n"
     "SENSORIUM_PLUGIN_PATH (colon-separated folders or .so files), then the build's plugin\n"
@@ -800,6 +1194,10 @@ int main(int argc, char **argv)
         rc = cmd_vocab(sub_argc, sub_argv);
     else if (strcmp(cmd, "fit") == 0)
         rc = cmd_fit(sub_argc, sub_argv);
+    else if (strcmp(cmd, "run") == 0)
+        rc = cmd_run(sub_argc, sub_argv);
+    else if (strcmp(cmd, "info") == 0)
+        rc = cmd_info(sub_argc, sub_argv);
     else
         rc = usage_error(NULL, "unknown command '%s'", cmd);
     free(args);

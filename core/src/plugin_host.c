@@ -426,10 +426,7 @@ sn_status sn_codec_open(const sn_plugins *plugins, const char *name, const char 
         free(c);
         return st;
     }
-    sn_plugin_error err = {{0}};
-    sn_plugin_status pst = rec->desc.open_stream(c->inst->instance, &c->stream, &err);
-    if (pst != SN_PLUGIN_OK) {
-        st = sn_plugin_fail(rec, "open_stream failed", pst, &err);
+    if ((st = sn_instance_open_stream(c->inst, &c->stream)) != SN_OK) {
         sn_plugin_instance_destroy(c->inst);
         free(c);
         return st;
@@ -442,8 +439,7 @@ void sn_codec_close(sn_codec *c)
 {
     if (!c)
         return;
-    if (c->stream)
-        c->inst->rec->desc.close_stream(c->stream);
+    sn_instance_close_stream(c->inst, c->stream);
     sn_plugin_instance_destroy(c->inst);
     free(c);
 }
@@ -495,38 +491,51 @@ static sn_status finish_call(const sn_plugin_rec *rec, const char *what, sn_plug
     return SN_OK;
 }
 
-sn_status sn_codec_encode(sn_codec *c, const sn_media *media, sn_tokens *out)
+sn_status sn_instance_open_stream(sn_plugin_instance *inst, sn_stream **out)
 {
-    sn_clear_error();
-    if (!c || !media || !out)
-        return sn_fail(SN_ERR_INVALID_ARG, "sn_codec_encode: codec, media and out must not be NULL");
-    const sn_plugin_rec *rec = c->inst->rec;
+    sn_plugin_error err = {{0}};
+    *out = NULL;
+    sn_plugin_status pst = inst->rec->desc.open_stream(inst->instance, out, &err);
+    if (pst != SN_PLUGIN_OK) {
+        *out = NULL;
+        return sn_plugin_fail(inst->rec, "open_stream failed", pst, &err);
+    }
+    return SN_OK;
+}
+
+void sn_instance_close_stream(sn_plugin_instance *inst, sn_stream *stream)
+{
+    if (stream)
+        inst->rec->desc.close_stream(stream);
+}
+
+sn_status sn_instance_encode(sn_plugin_instance *inst, sn_stream *stream, const sn_media *media,
+                             sn_tokens *out)
+{
+    const sn_plugin_rec *rec = inst->rec;
     if (!(rec->desc.kind & SN_PLUGIN_TOKENIZER))
         return sn_fail(SN_ERR_UNSUPPORTED, "%s (%s) is not a tokenizer", rec->desc.name, rec->file);
     if (!(rec->desc.media_kinds & SN_MEDIA_BIT(media->kind)))
         return sn_fail(SN_ERR_UNSUPPORTED, "%s (%s) does not tokenize %s media", rec->desc.name,
                        rec->file, sn_media_kind_name(media->kind));
-    token_ctx tc = {.inst = c->inst, .out = out, .st = SN_OK};
+    token_ctx tc = {.inst = inst, .out = out, .st = SN_OK};
     sn_token_sink sink = {.ctx = &tc, .emit = token_emit};
     sn_plugin_error err = {{0}};
-    sn_plugin_status pst = rec->desc.encode(c->stream, media, &sink, &err);
+    sn_plugin_status pst = rec->desc.encode(stream, media, &sink, &err);
     return finish_call(rec, "encode", pst, &err, tc.st, tc.why);
 }
 
-sn_status sn_codec_encode_flush(sn_codec *c, sn_tokens *out)
+sn_status sn_instance_encode_flush(sn_plugin_instance *inst, sn_stream *stream, sn_tokens *out)
 {
-    sn_clear_error();
-    if (!c || !out)
-        return sn_fail(SN_ERR_INVALID_ARG, "sn_codec_encode_flush: codec and out must not be NULL");
-    const sn_plugin_rec *rec = c->inst->rec;
+    const sn_plugin_rec *rec = inst->rec;
     if (!(rec->desc.kind & SN_PLUGIN_TOKENIZER))
         return sn_fail(SN_ERR_UNSUPPORTED, "%s (%s) is not a tokenizer", rec->desc.name, rec->file);
     if (!rec->desc.encode_flush)
         return SN_OK;
-    token_ctx tc = {.inst = c->inst, .out = out, .st = SN_OK};
+    token_ctx tc = {.inst = inst, .out = out, .st = SN_OK};
     sn_token_sink sink = {.ctx = &tc, .emit = token_emit};
     sn_plugin_error err = {{0}};
-    sn_plugin_status pst = rec->desc.encode_flush(c->stream, &sink, &err);
+    sn_plugin_status pst = rec->desc.encode_flush(stream, &sink, &err);
     return finish_call(rec, "encode_flush", pst, &err, tc.st, tc.why);
 }
 
@@ -579,32 +588,27 @@ static sn_plugin_status action_emit(void *ctx, const sn_action *a)
     return SN_PLUGIN_OK;
 }
 
-sn_status sn_codec_decode(sn_codec *c, const int32_t *ids, size_t n, double t, sn_action_fn fn,
-                          void *ctx)
+sn_status sn_instance_decode(sn_plugin_instance *inst, sn_stream *stream, const int32_t *ids,
+                             size_t n, double t, sn_action_fn fn, void *ctx)
 {
-    sn_clear_error();
-    if (!c || (n && !ids))
-        return sn_fail(SN_ERR_INVALID_ARG, "sn_codec_decode: codec and ids must not be NULL");
-    const sn_plugin_rec *rec = c->inst->rec;
+    const sn_plugin_rec *rec = inst->rec;
     if (!(rec->desc.kind & SN_PLUGIN_DECODER))
         return sn_fail(SN_ERR_UNSUPPORTED, "%s (%s) is not a decoder", rec->desc.name, rec->file);
     for (size_t i = 0; i < n; i++)
-        if (ids[i] < 0 || (uint32_t)ids[i] >= c->inst->vocab_size)
+        if (ids[i] < 0 || (uint32_t)ids[i] >= inst->vocab_size)
             return sn_fail(SN_ERR_INVALID_ARG, "token %zu is %d, outside %s's vocabulary 0..%u",
-                           i, ids[i], rec->desc.name, c->inst->vocab_size - 1);
+                           i, ids[i], rec->desc.name, inst->vocab_size - 1);
     action_ctx ac = {.fn = fn, .ctx = ctx, .st = SN_OK};
     sn_action_sink sink = {.ctx = &ac, .emit = action_emit};
     sn_plugin_error err = {{0}};
-    sn_plugin_status pst = rec->desc.decode(c->stream, ids, n, t, &sink, &err);
+    sn_plugin_status pst = rec->desc.decode(stream, ids, n, t, &sink, &err);
     return finish_call(rec, "decode", pst, &err, ac.st, ac.why);
 }
 
-sn_status sn_codec_decode_flush(sn_codec *c, sn_action_fn fn, void *ctx)
+sn_status sn_instance_decode_flush(sn_plugin_instance *inst, sn_stream *stream, sn_action_fn fn,
+                                   void *ctx)
 {
-    sn_clear_error();
-    if (!c)
-        return sn_fail(SN_ERR_INVALID_ARG, "sn_codec_decode_flush: codec is NULL");
-    const sn_plugin_rec *rec = c->inst->rec;
+    const sn_plugin_rec *rec = inst->rec;
     if (!(rec->desc.kind & SN_PLUGIN_DECODER))
         return sn_fail(SN_ERR_UNSUPPORTED, "%s (%s) is not a decoder", rec->desc.name, rec->file);
     if (!rec->desc.decode_flush)
@@ -612,18 +616,15 @@ sn_status sn_codec_decode_flush(sn_codec *c, sn_action_fn fn, void *ctx)
     action_ctx ac = {.fn = fn, .ctx = ctx, .st = SN_OK};
     sn_action_sink sink = {.ctx = &ac, .emit = action_emit};
     sn_plugin_error err = {{0}};
-    sn_plugin_status pst = rec->desc.decode_flush(c->stream, &sink, &err);
+    sn_plugin_status pst = rec->desc.decode_flush(stream, &sink, &err);
     return finish_call(rec, "decode_flush", pst, &err, ac.st, ac.why);
 }
 
-sn_status sn_codec_constrain(sn_codec *c, const int32_t *segment, size_t n, uint64_t *allowed,
-                             int *may_end)
+sn_status sn_instance_constrain(sn_plugin_instance *inst, sn_stream *stream,
+                                const int32_t *segment, size_t n, uint64_t *allowed, int *may_end)
 {
-    sn_clear_error();
-    if (!c || !allowed || !may_end || (n && !segment))
-        return sn_fail(SN_ERR_INVALID_ARG, "sn_codec_constrain: NULL argument");
-    const sn_plugin_rec *rec = c->inst->rec;
-    uint32_t v = c->inst->vocab_size;
+    const sn_plugin_rec *rec = inst->rec;
+    uint32_t v = inst->vocab_size;
     size_t words = (v + 63) / 64;
     for (size_t w = 0; w < words; w++)
         allowed[w] = ~(uint64_t)0;
@@ -635,7 +636,7 @@ sn_status sn_codec_constrain(sn_codec *c, const int32_t *segment, size_t n, uint
     if (!rec->desc.constrain)
         return SN_OK;
     sn_plugin_error err = {{0}};
-    sn_plugin_status pst = rec->desc.constrain(c->stream, segment, n, allowed, may_end, &err);
+    sn_plugin_status pst = rec->desc.constrain(stream, segment, n, allowed, may_end, &err);
     if (pst != SN_PLUGIN_OK)
         return sn_plugin_fail(rec, "constrain", pst, &err);
     /* Bits past the vocabulary are not the plugin's to set. */
@@ -648,4 +649,48 @@ sn_status sn_codec_constrain(sn_codec *c, const int32_t *segment, size_t n, uint
         return sn_fail(SN_ERR_PLUGIN, "%s (%s): constrain left no id allowed and the segment may not end (a dead end after %zu ids)",
                        rec->desc.name, rec->file, n);
     return SN_OK;
+}
+
+/* The codec calls: argument checks, then the instance calls above on the codec's stream. */
+
+sn_status sn_codec_encode(sn_codec *c, const sn_media *media, sn_tokens *out)
+{
+    sn_clear_error();
+    if (!c || !media || !out)
+        return sn_fail(SN_ERR_INVALID_ARG, "sn_codec_encode: codec, media and out must not be NULL");
+    return sn_instance_encode(c->inst, c->stream, media, out);
+}
+
+sn_status sn_codec_encode_flush(sn_codec *c, sn_tokens *out)
+{
+    sn_clear_error();
+    if (!c || !out)
+        return sn_fail(SN_ERR_INVALID_ARG, "sn_codec_encode_flush: codec and out must not be NULL");
+    return sn_instance_encode_flush(c->inst, c->stream, out);
+}
+
+sn_status sn_codec_decode(sn_codec *c, const int32_t *ids, size_t n, double t, sn_action_fn fn,
+                          void *ctx)
+{
+    sn_clear_error();
+    if (!c || (n && !ids))
+        return sn_fail(SN_ERR_INVALID_ARG, "sn_codec_decode: codec and ids must not be NULL");
+    return sn_instance_decode(c->inst, c->stream, ids, n, t, fn, ctx);
+}
+
+sn_status sn_codec_decode_flush(sn_codec *c, sn_action_fn fn, void *ctx)
+{
+    sn_clear_error();
+    if (!c)
+        return sn_fail(SN_ERR_INVALID_ARG, "sn_codec_decode_flush: codec is NULL");
+    return sn_instance_decode_flush(c->inst, c->stream, fn, ctx);
+}
+
+sn_status sn_codec_constrain(sn_codec *c, const int32_t *segment, size_t n, uint64_t *allowed,
+                             int *may_end)
+{
+    sn_clear_error();
+    if (!c || !allowed || !may_end || (n && !segment))
+        return sn_fail(SN_ERR_INVALID_ARG, "sn_codec_constrain: NULL argument");
+    return sn_instance_constrain(c->inst, c->stream, segment, n, allowed, may_end);
 }

@@ -41,6 +41,23 @@ sn_status sn_plugin_instance_create(const sn_plugin_rec *rec, json_t *config,
                                     const char *data_dir, sn_plugin_instance **out);
 void sn_plugin_instance_destroy(sn_plugin_instance *inst);
 
+/* Stream calls on an instance, with every result the plugin hands back checked: ids inside
+ * its vocabulary, well-formed actions, a constraint that leaves a way forward. Errors name
+ * the plugin and its file. */
+sn_status sn_instance_open_stream(sn_plugin_instance *inst, sn_stream **out);
+void sn_instance_close_stream(sn_plugin_instance *inst, sn_stream *stream);
+/* Appends the plugin's local ids. */
+sn_status sn_instance_encode(sn_plugin_instance *inst, sn_stream *stream, const sn_media *media,
+                             sn_tokens *out);
+sn_status sn_instance_encode_flush(sn_plugin_instance *inst, sn_stream *stream, sn_tokens *out);
+sn_status sn_instance_decode(sn_plugin_instance *inst, sn_stream *stream, const int32_t *ids,
+                             size_t n, double t, sn_action_fn fn, void *ctx);
+sn_status sn_instance_decode_flush(sn_plugin_instance *inst, sn_stream *stream, sn_action_fn fn,
+                                   void *ctx);
+/* Fills allowed (vocab_size bits) and *may_end with the plugin's constraint. */
+sn_status sn_instance_constrain(sn_plugin_instance *inst, sn_stream *stream,
+                                const int32_t *segment, size_t n, uint64_t *allowed, int *may_end);
+
 /* Formats a failed plugin call: "PLUGIN (FILE): WHAT: MESSAGE" and returns SN_ERR_PLUGIN
  * (SN_ERR_NOMEM when the plugin ran out of memory). */
 sn_status sn_plugin_fail(const sn_plugin_rec *rec, const char *what, sn_plugin_status st,

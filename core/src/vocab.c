@@ -25,7 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "plugin_impl.h"
+#include "vocab_impl.h"
 
 #define MANIFEST "sensorium.json"
 /* The id table packs the role in the top 8 bits and the segment in the low 24. */
@@ -191,7 +191,8 @@ static sn_status parse_segment(const reader *r, sn_vocab *v, size_t i, json_t *e
 
 static sn_status parse(const reader *r, sn_vocab *v, json_t *root)
 {
-    static const char *const top_keys[] = {"sensorium", "name", "description", "vocab", NULL};
+    static const char *const top_keys[] = {"sensorium", "name", "description", "vocab",
+                                           "architecture", "weights", NULL};
     static const char *const vocab_keys[] = {"size", "bos", "eos", "pad", "segments", NULL};
     if (!json_is_object(root))
         return bad(r, "the manifest must be a JSON object");
@@ -414,4 +415,9 @@ int32_t sn_vocab_global(const sn_vocab *v, size_t segment, int32_t local)
     if (!v || segment >= v->n_segs || local < 0 || (uint32_t)local >= v->segs[segment].size)
         return -1;
     return (int32_t)(v->segs[segment].start + (uint32_t)local);
+}
+
+sn_plugin_instance *sn_vocab_instance(const sn_vocab *v, size_t i)
+{
+    return v && i < v->n_segs ? v->segs[i].inst : NULL;
 }

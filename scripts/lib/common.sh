@@ -6,7 +6,7 @@ SN_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # Debian packages the build and the tests need.
 SN_DEB_PACKAGES=(cmake ninja-build pkg-config gcc g++ libc6-dev
                  libjansson-dev libsndfile1-dev libpng-dev libcriterion-dev
-                 libsamplerate0-dev libfftw3-dev)
+                 libsamplerate0-dev libfftw3-dev libopenblas-dev)
 
 sn_log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -25,6 +25,20 @@ sn_install_deps() {
       echo "install them with: sudo apt-get install -y ${missing[*]}" >&2
       exit 1
     fi
+  fi
+}
+
+# Python packages the tests use (the independent numpy reference of the transformer).
+SN_PIP_PACKAGES=(numpy)
+
+sn_install_python() {
+  local missing=()
+  for p in "${SN_PIP_PACKAGES[@]}"; do
+    python3 -c "import $p" 2>/dev/null || missing+=("$p")
+  done
+  if ((${#missing[@]})); then
+    sn_log "installing Python packages: ${missing[*]}"
+    python3 -m pip install --quiet --disable-pip-version-check "${missing[@]}"
   fi
 }
 

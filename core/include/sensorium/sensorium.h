@@ -262,6 +262,124 @@ SN_API sn_token_info sn_vocab_lookup(const sn_vocab *vocab, int32_t global_id);
 /* Local id of a segment -> global id, or -1 when out of range. */
 SN_API int32_t sn_vocab_global(const sn_vocab *vocab, size_t segment, int32_t local_id);
 
+
+/* ---------------------------------------------------------------------------------------- */
+/* Engine and sessions                                                                      */
+/* ---------------------------------------------------------------------------------------- */
+
+/*
+ * An engine holds one model, its plugins and a compute backend, and runs the token streams
+ * of many sessions at once: each sn_engine_step packs the pending tokens of every session
+ * (decode tokens first, then chunks of prompts) into one batch under a token budget, runs the
+ * model once, and samples the next token of each generating session. Sessions may join, be
+ * fed and leave between steps. One engine is driven from one thread.
+ */
+typedef struct sn_engine sn_engine;
+typedef struct sn_session sn_session;
+
+typedef struct sn_engine_opts {
+    const char *model_dir;    /* a Sensorium model folder or a Hugging Face folder; required */
+    const char *plugin_path;  /* extra plugin search path (as --plugin-path); NULL: none */
+    const char *backend;      /* "auto", "cpu" or "cuda"; NULL: "auto" */
+    int32_t threads;          /* CPU threads; 0: all cores */
+    int32_t tp;               /* tensor-parallel shards; 0 or 1: none */
+    size_t kv_bytes;          /* KV-cache budget in bytes; 0: a full context per session */
+    int32_t max_sessions;     /* sessions open at once; 0: 16 */
+    int32_t max_batch_tokens; /* tokens per step; 0: 256 */
+    int keep_logits;          /* nonzero: sessions keep their latest logits (sn_session_logits) */
+} sn_engine_opts;
+
+/* Sampling parameters; temperature 0 is greedy. */
+typedef struct sn_sampling_params {
+    float temperature;        /* 0: greedy */
+    int32_t top_k;            /* 0: off */
+    float top_p;              /* 1: off */
+    float min_p;              /* 0: off */
+    float repetition_penalty; /* 1: off */
+} sn_sampling_params;
+
+/* Why a generation ended. */
+typedef enum sn_stop_reason {
+    SN_STOP_NONE = 0,       /* still generating */
+    SN_STOP_EOS = 1,        /* the model emitted EOS */
+    SN_STOP_MAX_TOKENS = 2, /* max_tokens reached */
+    SN_STOP_SEGMENTS = 3,   /* the requested number of segments was generated */
+    SN_STOP_ERROR = 4,      /* a plugin failed or a dead end; see the session's error */
+    SN_STOP_CALLER = 5      /* the on_action callback asked to stop */
+} sn_stop_reason;
+
+typedef struct sn_session_callbacks {
+    void *ctx;
+    /* Every sampled token (global id); may be NULL. */
+    void (*on_token)(void *ctx, sn_session *session, int32_t token);
+    /* Every action a decoder emits, with the modality of its segment; may be NULL. Return
+     * nonzero to stop the session's generation. */
+    int (*on_action)(void *ctx, sn_session *session, const char *modality, const sn_action *action);
+    /* The generation ended; may be NULL. */
+    void (*on_stop)(void *ctx, sn_session *session, sn_stop_reason reason);
+} sn_session_callbacks;
+
+typedef struct sn_session_opts {
+    uint64_t seed;               /* the session's Philox seed */
+    sn_sampling_params sampling; /* the default for every modality */
+    sn_session_callbacks callbacks;
+    int no_bos;                  /* nonzero: do not start the context with BOS */
+} sn_session_opts;
+
+SN_API sn_engine_opts sn_engine_opts_default(void);
+SN_API sn_sampling_params sn_sampling_params_default(void);
+SN_API sn_session_opts sn_session_opts_default(void);
+
+SN_API sn_status sn_engine_open(const sn_engine_opts *opts, sn_engine **out);
+SN_API void sn_engine_close(sn_engine *engine);
+
+/* The model's vocabulary layout (NULL for a model without one: raw tokens only), plugins
+ * and a one-line description of the model and backend. */
+SN_API const sn_vocab *sn_engine_vocab(const sn_engine *engine);
+SN_API const sn_plugins *sn_engine_plugins(const sn_engine *engine);
+SN_API const char *sn_engine_describe(const sn_engine *engine);
+
+/* One batched step over every session with work. *n_tokens (may be NULL) receives how many
+ * tokens the step processed (0: idle). A failing session stops with SN_STOP_ERROR without
+ * failing the step; the step fails only for engine-wide errors. */
+SN_API sn_status sn_engine_step(sn_engine *engine, int32_t *n_tokens);
+/* Steps until no session has work. */
+SN_API sn_status sn_engine_run(sn_engine *engine);
+
+SN_API sn_status sn_session_open(sn_engine *engine, const sn_session_opts *opts, sn_session **out);
+/* Ends the session and returns its KV blocks. Accepts NULL. */
+SN_API void sn_session_close(sn_session *session);
+
+/* Sampling parameters for tokens inside segments of one output modality. */
+SN_API sn_status sn_session_set_sampling(sn_session *session, const char *modality,
+                                         const sn_sampling_params *params);
+
+/* Appends a stimulus as a segment <begin:M> tokens <end:M>, tokenized by modality M's plugin
+ * at once. May be called between steps, also while generating (a live feed). */
+SN_API sn_status sn_session_feed(sn_session *session, const char *modality, const sn_media *media);
+/* Appends raw global ids, for checking against other implementations. */
+SN_API sn_status sn_session_feed_tokens(sn_session *session, const int32_t *ids, size_t n);
+
+/*
+ * Asks for up to max_tokens generated tokens. modalities lists the output modalities
+ * allowed (n of them): outside a segment only their begin markers and EOS may be sampled;
+ * inside segment M only M's ids the plugin allows next, and <end:M> when the plugin lets the
+ * segment end. modalities NULL with n 0 samples raw ids with no constraint. max_segments > 0
+ * stops after that many segments.
+ */
+SN_API sn_status sn_session_generate(sn_session *session, const char *const *modalities,
+                                     size_t n, int32_t max_tokens, int32_t max_segments);
+
+/* Whether the session still has tokens to process or generate. */
+SN_API int sn_session_busy(const sn_session *session);
+SN_API sn_stop_reason sn_session_stop_reason(const sn_session *session);
+/* The session's last error message ("" if none). */
+SN_API const char *sn_session_error(const sn_session *session);
+/* The session's tokens so far (the context, fed and generated). */
+SN_API const int32_t *sn_session_tokens(const sn_session *session, size_t *n);
+/* The logits of the session's latest position (engines opened with keep_logits). */
+SN_API const float *sn_session_logits(const sn_session *session, int32_t *vocab_size);
+
 #ifdef __cplusplus
 }
 #endif

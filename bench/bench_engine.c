@@ -1,0 +1,352 @@
+/*
+ * bench_engine.c - prefill and decode speed of the CPU engine against this machine's memory
+ * bandwidth, for random-weight Llama models shaped like the "stories" 15M and 110M models.
+ *
+ * For each shape it writes a Hugging Face folder (config.json + model.safetensors, f32
+ * weights), measures the memory read bandwidth with all threads, then times through the
+ * public engine API:
+ *   prefill  B sessions each fed a P-token prompt, stepped until every prompt is cached;
+ *   decode   B sessions generating (raw ids, greedy), tokens per second over G steps.
+ * The roofline of decode at batch 1 is bandwidth / bytes of weights read per token; the
+ * ratio printed is measured tokens/s over that. Goals (issue 4): batch-1 decode >= 0.8x the
+ * roofline; batch-32 decode throughput >= 10x batch 1. Prints one JSON object per
+ * measurement, then a table; exits 1 when a goal is missed.
+ *
+ * usage: bench_engine [--models 15M,110M] [--batches 1,8,32,64] [--prompt P] [--gen G]
+ *                     [--threads N] [--dir DIR]
+ */
+#include <jansson.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "sensorium/sensorium.h"
+
+typedef struct shape {
+    const char *name;
+    int dim, layers, heads, kv_heads, ffn, vocab, context;
+} shape;
+
+/* Karpathy's llama2.c "stories" models (tinyllamas): dimensions as published. */
+static const shape shapes[] = {
+    {"15M", 288, 6, 6, 6, 768, 32000, 256},
+    {"110M", 768, 12, 12, 12, 2048, 32000, 1024},
+};
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* A random model on disk                                                                   */
+/* ---------------------------------------------------------------------------------------- */
+
+typedef struct tensor_spec {
+    char name[96];
+    int64_t rows, cols; /* cols 0: a vector */
+} tensor_spec;
+
+static uint64_t rng = 0x853c49e6748fea9bull;
+
+static float randn(void)
+{
+    rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+    double u1 = ((double)(rng >> 11) + 1.0) * 0x1.0p-53;
+    rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+    double u2 = (double)(rng >> 11) * 0x1.0p-53;
+    return (float)(sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2));
+}
+
+/* Writes dir/config.json and dir/model.safetensors; returns the weight bytes. */
+static long long write_model(const shape *s, const char *dir)
+{
+    mkdir(dir, 0755);
+    int hd = s->dim / s->heads;
+    tensor_spec *t = calloc((size_t)(3 + 9 * s->layers), sizeof *t);
+    int n = 0;
+    snprintf(t[n].name, sizeof t[n].name, "model.embed_tokens.weight");
+    t[n].rows = s->vocab, t[n++].cols = s->dim;
+    for (int l = 0; l < s->layers; l++) {
+        const char *names[] = {"input_layernorm", "post_attention_layernorm", "self_attn.q_proj",
+                               "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                               "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
+        int64_t rows[] = {s->dim, s->dim, (int64_t)s->heads * hd, (int64_t)s->kv_heads * hd,
+                          (int64_t)s->kv_heads * hd, s->dim, s->ffn, s->ffn, s->dim};
+        int64_t cols[] = {0, 0, s->dim, s->dim, s->dim, (int64_t)s->heads * hd, s->dim, s->dim, s->ffn};
+        for (int k = 0; k < 9; k++, n++) {
+            snprintf(t[n].name, sizeof t[n].name, "model.layers.%d.%s.weight", l, names[k]);
+            t[n].rows = rows[k];
+            t[n].cols = cols[k];
+        }
+    }
+    snprintf(t[n].name, sizeof t[n].name, "model.norm.weight");
+    t[n].rows = s->dim, t[n++].cols = 0;
+    snprintf(t[n].name, sizeof t[n].name, "lm_head.weight");
+    t[n].rows = s->vocab, t[n++].cols = s->dim;
+
+    json_t *hdr = json_object();
+    long long off = 0;
+    for (int i = 0; i < n; i++) {
+        long long count = t[i].rows * (t[i].cols ? t[i].cols : 1);
+        json_t *e = json_object();
+        json_object_set_new(e, "dtype", json_string("F32"));
+        json_t *shp = json_array();
+        json_array_append_new(shp, json_integer(t[i].rows));
+        if (t[i].cols)
+            json_array_append_new(shp, json_integer(t[i].cols));
+        json_object_set_new(e, "shape", shp);
+        json_t *offs = json_array();
+        json_array_append_new(offs, json_integer(off));
+        json_array_append_new(offs, json_integer(off + count * 4));
+        json_object_set_new(e, "data_offsets", offs);
+        json_object_set_new(hdr, t[i].name, e);
+        off += count * 4;
+    }
+    char *text = json_dumps(hdr, JSON_COMPACT);
+    json_decref(hdr);
+    size_t hlen = strlen(text), padded = (hlen + 7) / 8 * 8;
+    char path[1024];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    FILE *f = fopen(path, "wb");
+    if (!f) {
+        perror(path);
+        exit(1);
+    }
+    uint64_t le = padded;
+    fwrite(&le, 8, 1, f);
+    fwrite(text, 1, hlen, f);
+    for (size_t i = hlen; i < padded; i++)
+        fputc(' ', f);
+    free(text);
+    float *buf = malloc(sizeof(float) * 1 << 20);
+    for (int i = 0; i < n; i++) {
+        long long count = t[i].rows * (t[i].cols ? t[i].cols : 1);
+        /* norms near 1; matrices scaled so activations stay O(1) */
+        float scale = t[i].cols ? 1.0f / sqrtf((float)t[i].cols) : 0.0f;
+        for (long long done = 0; done < count;) {
+            long long k = count - done < (1 << 20) ? count - done : (1 << 20);
+            for (long long j = 0; j < k; j++)
+                buf[j] = t[i].cols ? scale * randn() : 1.0f + 0.1f * randn();
+            fwrite(buf, sizeof(float), (size_t)k, f);
+            done += k;
+        }
+    }
+    free(buf);
+    fclose(f);
+    free(t);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    f = fopen(path, "w");
+    fprintf(f, "{\"architectures\": [\"LlamaForCausalLM\"], \"vocab_size\": %d, \"hidden_size\": %d, "
+               "\"intermediate_size\": %d, \"num_hidden_layers\": %d, \"num_attention_heads\": %d, "
+               "\"num_key_value_heads\": %d, \"max_position_embeddings\": %d, \"rms_norm_eps\": 1e-5, "
+               "\"rope_theta\": 10000.0, \"tie_word_embeddings\": false}\n",
+            s->vocab, s->dim, s->ffn, s->layers, s->heads, s->kv_heads, s->context);
+    fclose(f);
+    return off;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Bandwidth                                                                                */
+/* ---------------------------------------------------------------------------------------- */
+
+/* Read bandwidth in bytes/s: all threads summing a buffer far larger than the caches, best of
+ * several passes. Decode reads the weights once per step, so this is its ceiling. */
+static double read_bandwidth(void)
+{
+    size_t n = (size_t)256 << 20 >> 2; /* 256 MiB of floats */
+    float *a = malloc(n * sizeof *a);
+    for (size_t i = 0; i < n; i++)
+        a[i] = (float)(i & 7);
+    double best = 0;
+    volatile float sink = 0;
+    for (int pass = 0; pass < 5; pass++) {
+        double t0 = now();
+        float total = 0;
+#pragma omp parallel for reduction(+ : total) schedule(static)
+        for (size_t i = 0; i < n; i++)
+            total += a[i];
+        double t = now() - t0;
+        sink += total;
+        if (n * sizeof *a / t > best)
+            best = (double)(n * sizeof *a) / t;
+    }
+    (void)sink;
+    free(a);
+    return best;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Measurements                                                                             */
+/* ---------------------------------------------------------------------------------------- */
+
+static int die(const char *what)
+{
+    fprintf(stderr, "bench_engine: %s: %s\n", what, sn_errmsg());
+    exit(1);
+}
+
+/* Prefill of `batch` prompts of `prompt` tokens: tokens/s. */
+static double bench_prefill(sn_engine *e, int batch, int prompt, int vocab)
+{
+    sn_session **s = calloc((size_t)batch, sizeof *s);
+    int32_t *ids = malloc((size_t)prompt * sizeof *ids);
+    for (int i = 0; i < prompt; i++)
+        ids[i] = (int32_t)((i * 7919 + 13) % vocab);
+    sn_session_opts so = sn_session_opts_default();
+    so.no_bos = 1;
+    for (int b = 0; b < batch; b++)
+        if (sn_session_open(e, &so, &s[b]) != SN_OK || sn_session_feed_tokens(s[b], ids, (size_t)prompt) != SN_OK)
+            die("prefill");
+    double t0 = now();
+    if (sn_engine_run(e) != SN_OK)
+        die("prefill");
+    double t = now() - t0;
+    for (int b = 0; b < batch; b++)
+        sn_session_close(s[b]);
+    free(s);
+    free(ids);
+    return (double)batch * prompt / t;
+}
+
+/* Decode of `batch` sessions after a short prompt: generated tokens/s over `gen` steps. */
+static double bench_decode(sn_engine *e, int batch, int gen, int vocab)
+{
+    sn_session **s = calloc((size_t)batch, sizeof *s);
+    sn_session_opts so = sn_session_opts_default();
+    so.no_bos = 1;
+    for (int b = 0; b < batch; b++) {
+        int32_t ids[4] = {b % vocab, (b + 1) % vocab, (b + 2) % vocab, (b + 3) % vocab};
+        if (sn_session_open(e, &so, &s[b]) != SN_OK || sn_session_feed_tokens(s[b], ids, 4) != SN_OK ||
+            sn_session_generate(s[b], NULL, 0, gen + 1, 0) != SN_OK)
+            die("decode");
+    }
+    /* The first step prefills the prompts and samples once; time the decode steps after. */
+    int32_t n;
+    if (sn_engine_step(e, &n) != SN_OK)
+        die("decode");
+    double t0 = now();
+    long long tokens = 0;
+    for (;;) {
+        if (sn_engine_step(e, &n) != SN_OK)
+            die("decode");
+        if (n == 0)
+            break;
+        tokens += n;
+    }
+    double t = now() - t0;
+    for (int b = 0; b < batch; b++)
+        sn_session_close(s[b]);
+    free(s);
+    return (double)tokens / t;
+}
+
+static int parse_list(const char *arg, int *out, int cap)
+{
+    int n = 0;
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", arg);
+    for (char *save = NULL, *p = strtok_r(buf, ",", &save); p && n < cap; p = strtok_r(NULL, ",", &save))
+        out[n++] = atoi(p);
+    return n;
+}
+
+int main(int argc, char **argv)
+{
+    const char *models = "15M,110M", *dir = "/tmp/sn_bench_models";
+    int batches[8] = {1, 8, 32, 64}, n_batches = 4, prompt = 128, gen = 32, threads = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--models") == 0 && i + 1 < argc) models = argv[++i];
+        else if (strcmp(argv[i], "--batches") == 0 && i + 1 < argc) n_batches = parse_list(argv[++i], batches, 8);
+        else if (strcmp(argv[i], "--prompt") == 0 && i + 1 < argc) prompt = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--gen") == 0 && i + 1 < argc) gen = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) threads = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--dir") == 0 && i + 1 < argc) dir = argv[++i];
+        else {
+            fprintf(stderr, "usage: %s [--models 15M,110M] [--batches 1,8,32,64] [--prompt P] [--gen G] [--threads N] [--dir DIR]\n", argv[0]);
+            return 2;
+        }
+    }
+#ifdef _OPENMP
+    if (threads > 0)
+        omp_set_num_threads(threads);
+#endif
+    double bw = read_bandwidth();
+    printf("{\"bench\": \"memory\", \"read_bandwidth_gbps\": %.2f}\n", bw / 1e9);
+    mkdir(dir, 0755);
+    char table[8192];
+    size_t tl = 0;
+    tl += (size_t)snprintf(table + tl, sizeof table - tl,
+                           "\nmemory read bandwidth: %.1f GB/s (all threads)\n\n%-6s %6s %14s %14s %16s %s\n",
+                           bw / 1e9, "MODEL", "BATCH", "PREFILL tok/s", "DECODE tok/s", "DECODE/ROOFLINE", "");
+    int missed = 0;
+    for (size_t m = 0; m < sizeof shapes / sizeof *shapes; m++) {
+        const shape *s = &shapes[m];
+        if (!strstr(models, s->name))
+            continue;
+        char path[1024];
+        snprintf(path, sizeof path, "%s/stories%s", dir, s->name);
+        fprintf(stderr, "bench_engine: writing a random %s model to %s\n", s->name, path);
+        long long weight_bytes = write_model(s, path);
+        /* Per decoded token every weight matrix is read once; the embedding only one row. */
+        double per_token = (double)weight_bytes - (double)s->vocab * s->dim * 4;
+        double roofline = bw / per_token;
+        double decode1 = 0;
+        for (int bi = 0; bi < n_batches; bi++) {
+            int batch = batches[bi];
+            sn_engine_opts eo = sn_engine_opts_default();
+            eo.model_dir = path;
+            eo.threads = threads;
+            eo.max_sessions = batch;
+            eo.max_batch_tokens = prompt * batch < 2048 ? prompt * batch : 2048;
+            if (eo.max_batch_tokens < batch)
+                eo.max_batch_tokens = batch;
+            sn_engine *e;
+            if (sn_engine_open(&eo, &e) != SN_OK)
+                die("opening the engine");
+            double pf = bench_prefill(e, batch, prompt, s->vocab);
+            double dc = bench_decode(e, batch, gen, s->vocab);
+            sn_engine_close(e);
+            if (batch == 1)
+                decode1 = dc;
+            char note[96] = "";
+            if (batch == 1) {
+                int met = dc >= 0.8 * roofline;
+                missed |= !met;
+                snprintf(note, sizeof note, "goal >= 0.8x roofline: %s", met ? "met" : "MISSED");
+            } else if (batch == 32 && decode1 > 0) {
+                int met = dc >= 10 * decode1;
+                missed |= !met;
+                snprintf(note, sizeof note, "goal >= 10x batch 1 (%.1fx): %s", dc / decode1, met ? "met" : "MISSED");
+            }
+            printf("{\"bench\": \"engine\", \"model\": \"stories%s\", \"weights_bytes\": %lld, \"batch\": %d, "
+                   "\"prompt\": %d, \"prefill_tokens_per_s\": %.1f, \"decode_tokens_per_s\": %.1f, "
+                   "\"roofline_tokens_per_s\": %.1f, \"decode_roofline_ratio\": %.3f}\n",
+                   s->name, weight_bytes, batch, prompt, pf, dc, roofline, dc / roofline);
+            fflush(stdout);
+            tl += (size_t)snprintf(table + tl, sizeof table - tl, "%-6s %6d %14.0f %14.1f %15.2fx %s\n",
+                                   s->name, batch, pf, dc, dc / roofline, note);
+        }
+        snprintf(path, sizeof path, "%s/stories%s/model.safetensors", dir, s->name);
+        unlink(path);
+        snprintf(path, sizeof path, "%s/stories%s/config.json", dir, s->name);
+        unlink(path);
+        snprintf(path, sizeof path, "%s/stories%s", dir, s->name);
+        rmdir(path);
+    }
+    rmdir(dir);
+    fputs(table, stdout);
+    printf("\nroofline = memory read bandwidth / weight bytes read per token (f32); decode at batch B\n"
+           "counts B tokens per step; DECODE/ROOFLINE compares with the batch-1 roofline.\n");
+    return missed ? 1 : 0;
+}

@@ -1,0 +1,79 @@
+/*
+ * backend.h - what the engine asks of a compute backend (CPU now, CUDA later): run one
+ * forward pass over a ragged batch against a paged KV cache that the backend owns, and hand
+ * back the logits of the rows the scheduler asked for.
+ *
+ * Stage of the pipeline: between the scheduler (which packs sessions' tokens into a batch and
+ * manages KV blocks per sequence) and the sampler (which turns logit rows into tokens). The
+ * interface is the same for every backend, so the scheduler and the sampler never know which
+ * one runs.
+ *
+ * The paged KV cache. Keys and values live in fixed-size blocks of SN_KV_BLOCK positions from
+ * one pool, sized by a memory budget when the backend opens. Each sequence (a session's
+ * token stream) has a block table: position p is slot p % SN_KV_BLOCK of block
+ * table[p / SN_KV_BLOCK]. The scheduler reserves blocks before a step (kv_reserve) and
+ * releases a sequence's blocks when its session closes or is preempted (kv_release); a
+ * sequence only ever reads and writes its own blocks.
+ */
+#ifndef SN_BACKEND_H
+#define SN_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "internal.h"
+#include "model.h"
+
+#define SN_KV_BLOCK 16
+
+/* A ragged batch: the tokens of n_seqs sequences, each a run of consecutive positions (a
+ * prefill chunk, or one decode token). */
+typedef struct sn_batch {
+    int32_t n_tokens;
+    const int32_t *tokens;    /* (n_tokens) global ids */
+    int32_t n_seqs;
+    const int32_t *seq_ids;   /* (n_seqs) KV-cache sequence of each run */
+    const int32_t *seq_start; /* (n_seqs + 1) run i is tokens[seq_start[i] .. seq_start[i+1]) */
+    const int32_t *seq_pos;   /* (n_seqs) the position of each run's first token */
+    const uint8_t *logits_for;/* (n_seqs) nonzero: compute logits of the run's last token */
+} sn_batch;
+
+typedef struct sn_backend_opts {
+    int32_t threads;        /* 0: all cores */
+    int32_t tp;             /* tensor-parallel shards (heads and FFN columns split); >= 1 */
+    size_t kv_bytes;        /* KV-cache budget in bytes; 0: room for max_seqs full contexts */
+    int32_t max_seqs;       /* sequences that may hold blocks at once */
+    int32_t max_batch_tokens; /* the largest batch forward() will be given */
+} sn_backend_opts;
+
+typedef struct sn_backend_ops sn_backend_ops;
+
+/* Every backend's state begins with this, so the engine can reach the ops. */
+typedef struct sn_backend {
+    const sn_backend_ops *ops;
+} sn_backend;
+
+struct sn_backend_ops {
+    const char *name;
+    /* Prepares weights (converting or uploading them) and allocates the KV pool and every
+     * buffer a step needs: forward() does not allocate. */
+    sn_status (*open)(const sn_model *model, const sn_backend_opts *opts, sn_backend **out);
+    void (*close)(sn_backend *b);
+    /* Runs the batch; writes the logits of each run with logits_for set, in run order, to
+     * logits (rows of vocab_size floats). Every position the batch covers must already have
+     * a KV slot (kv_reserve). */
+    sn_status (*forward)(sn_backend *b, const sn_batch *batch, float *logits);
+    /* Makes room in sequence seq for positions [0, n_positions): allocates blocks as needed.
+     * SN_ERR_NOMEM when the pool has too few free blocks; then nothing is allocated. */
+    sn_status (*kv_reserve)(sn_backend *b, int32_t seq, int32_t n_positions);
+    /* Returns every block of sequence seq to the pool. */
+    void (*kv_release)(sn_backend *b, int32_t seq);
+    /* Free blocks in the pool, and the pool's size. */
+    int32_t (*kv_free_blocks)(const sn_backend *b);
+    int32_t (*kv_total_blocks)(const sn_backend *b);
+};
+
+/* The CPU backend: the reference every other backend is tested against. */
+extern const sn_backend_ops sn_cpu_backend;
+
+#endif /* SN_BACKEND_H */

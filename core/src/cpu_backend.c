@@ -1,0 +1,523 @@
+/*
+ * cpu_backend.c - the CPU backend: a Llama forward pass over a ragged batch against the paged
+ * KV cache, in fp32 over F32/F16/BF16 weights, on all cores.
+ *
+ * The reference every other backend is tested against, and fast in its own right:
+ * projections are OpenBLAS sgemm calls over the whole batch (one GEMM per weight per step, so
+ * prefill chunks run at GEMM speed), attention is a vectorised loop over the paged cache
+ * parallelised across (token, head) pairs.
+ *
+ * Tensor parallelism runs here as shards in one process, laid out as NCCL ranks would be:
+ * shard s owns a contiguous slice of query heads (and their KV heads) and of FFN columns,
+ * computes its partial attention-output and down projections, and the partials are summed
+ * (sum_partials, where NCCL would all-reduce). With tp = 1 the same code runs one shard.
+ * F32 weights are used in place from the memory map: a shard's slice of a row-split matrix
+ * (q, k, v, gate, up) is a pointer offset, and of a column-split one (o, down) a pointer
+ * offset with the full row as leading dimension. F16/BF16 weights are converted once at open.
+ */
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "backend.h"
+#include "kv_cache.h"
+
+/* A weight matrix as sgemm reads it: rows of `cols` floats, ld floats apart. */
+typedef struct wview {
+    const float *p;
+    int32_t ld;
+} wview;
+
+typedef struct shard_layer {
+    wview wq, wk, wv; /* row slices */
+    wview wo;         /* column slice */
+    wview w_gate, w_up; /* row slices */
+    wview w_down;     /* column slice */
+} shard_layer;
+
+typedef struct shard {
+    int32_t h0, nh;   /* query heads [h0, h0+nh) */
+    int32_t kv0, nkv; /* KV heads [kv0, kv0+nkv) */
+    int32_t f0, nf;   /* FFN columns [f0, f0+nf) */
+    shard_layer *layers; /* (n_layers) */
+    float *k_cache;   /* (layer, slot, nkv, head_dim) */
+    float *v_cache;   /* (layer, slot, nkv, head_dim) */
+    float *q, *k, *v; /* (T, nh*hd), (T, nkv*hd), (T, nkv*hd) */
+    float *att;       /* (T, nh*hd) */
+    float *gate, *up; /* (T, nf) */
+    float *partial;   /* (T, hidden): this shard's contribution before the sum */
+} shard;
+
+typedef struct cpu_backend {
+    sn_backend base;
+    const sn_model *model;
+    sn_model_config cfg;
+    int32_t tp, threads, max_tokens;
+    int32_t n_slots;      /* pool blocks * SN_KV_BLOCK */
+    sn_kv_alloc kv;
+    shard *shards;        /* (tp) */
+    float **owned;        /* converted F16/BF16 weights, freed at close */
+    size_t n_owned, cap_owned;
+    float *norms;         /* (2 * layers + 1, hidden): attention and FFN norms, then the final one */
+    const float *final_norm;
+    wview lm_head;
+    float *inv_freq;      /* (head_dim / 2) RoPE frequencies, scaled when configured */
+    float *x, *xn;        /* (T, hidden) residual stream and its norm */
+    int32_t *pos, *slot, *run_of; /* (T) position, KV slot and run of each token */
+    float *scores;        /* (threads, max_positions) attention scratch */
+    float *last;          /* (T, hidden) rows that need logits */
+} cpu_backend;
+
+/* ---------------------------------------------------------------------------------------- */
+/* Weights                                                                                  */
+/* ---------------------------------------------------------------------------------------- */
+
+/* The tensor as f32: in place when it is F32, else a converted copy the backend owns. */
+static const float *as_f32(cpu_backend *b, const sn_tensor *t)
+{
+    if (t->dtype == SN_DTYPE_F32)
+        return t->data;
+    size_t n = t->nbytes / sn_dtype_size(t->dtype);
+    float *f = malloc(n * sizeof *f);
+    if (!f)
+        return NULL;
+    if (b->n_owned == b->cap_owned) {
+        size_t cap = b->cap_owned ? 2 * b->cap_owned : 64;
+        float **o = realloc(b->owned, cap * sizeof *o);
+        if (!o) {
+            free(f);
+            return NULL;
+        }
+        b->owned = o;
+        b->cap_owned = cap;
+    }
+    b->owned[b->n_owned++] = f;
+    sn_convert_to_f32(t->dtype, t->data, f, n);
+    return f;
+}
+
+static sn_status bind_weights(cpu_backend *b)
+{
+    const sn_model_config *c = &b->cfg;
+    const int32_t hd = c->head_dim, H = c->hidden;
+    b->norms = malloc(((size_t)2 * c->n_layers + 1) * (size_t)H * sizeof *b->norms);
+    if (!b->norms)
+        return sn_fail(SN_ERR_NOMEM, "out of memory for the model's norms");
+    for (int32_t s = 0; s < b->tp; s++) {
+        b->shards[s].layers = calloc((size_t)c->n_layers, sizeof *b->shards[s].layers);
+        if (!b->shards[s].layers)
+            return sn_fail(SN_ERR_NOMEM, "out of memory");
+    }
+    for (int32_t l = 0; l < c->n_layers; l++) {
+        const sn_layer_weights *w = sn_model_layer(b->model, l);
+        sn_convert_to_f32(w->attn_norm->dtype, w->attn_norm->data, b->norms + (size_t)(2 * l) * H, (size_t)H);
+        sn_convert_to_f32(w->ffn_norm->dtype, w->ffn_norm->data, b->norms + (size_t)(2 * l + 1) * H, (size_t)H);
+        const float *wq = as_f32(b, w->wq), *wk = as_f32(b, w->wk), *wv = as_f32(b, w->wv),
+                    *wo = as_f32(b, w->wo), *wg = as_f32(b, w->w_gate), *wu = as_f32(b, w->w_up),
+                    *wd = as_f32(b, w->w_down);
+        if (!wq || !wk || !wv || !wo || !wg || !wu || !wd)
+            return sn_fail(SN_ERR_NOMEM, "out of memory converting layer %d's weights to f32", l);
+        for (int32_t s = 0; s < b->tp; s++) {
+            shard *sh = &b->shards[s];
+            shard_layer *sl = &sh->layers[l];
+            sl->wq = (wview){wq + (size_t)sh->h0 * hd * H, H};
+            sl->wk = (wview){wk + (size_t)sh->kv0 * hd * H, H};
+            sl->wv = (wview){wv + (size_t)sh->kv0 * hd * H, H};
+            sl->wo = (wview){wo + (size_t)sh->h0 * hd, c->n_heads * hd};
+            sl->w_gate = (wview){wg + (size_t)sh->f0 * H, H};
+            sl->w_up = (wview){wu + (size_t)sh->f0 * H, H};
+            sl->w_down = (wview){wd + sh->f0, c->intermediate};
+        }
+    }
+    float *fn = b->norms + (size_t)(2 * c->n_layers) * H;
+    const sn_tensor *norm = sn_model_norm(b->model);
+    sn_convert_to_f32(norm->dtype, norm->data, fn, (size_t)H);
+    b->final_norm = fn;
+    const float *head = as_f32(b, sn_model_lm_head(b->model));
+    if (!head)
+        return sn_fail(SN_ERR_NOMEM, "out of memory converting the output embedding to f32");
+    b->lm_head = (wview){head, H};
+    return SN_OK;
+}
+
+/* RoPE inverse frequencies theta^(-2i/d), with Llama 3's long-context scaling: frequencies
+ * whose wavelength exceeds original_max/low_freq_factor are divided by factor, those shorter
+ * than original_max/high_freq_factor kept, and those between interpolated. */
+static void rope_frequencies(const sn_model_config *c, float *inv_freq)
+{
+    const int32_t half = c->head_dim / 2;
+    for (int32_t i = 0; i < half; i++) {
+        double f = pow((double)c->rope_theta, -2.0 * i / c->head_dim);
+        if (c->rope_llama3) {
+            double low_wavelen = c->rope_original_max_positions / c->rope_low_freq_factor;
+            double high_wavelen = c->rope_original_max_positions / c->rope_high_freq_factor;
+            double wavelen = 2.0 * M_PI / f;
+            if (wavelen > low_wavelen)
+                f /= c->rope_factor;
+            else if (wavelen >= high_wavelen) {
+                double smooth = (c->rope_original_max_positions / wavelen - c->rope_low_freq_factor) /
+                                (c->rope_high_freq_factor - c->rope_low_freq_factor);
+                f = (1.0 - smooth) * f / c->rope_factor + smooth * f;
+            }
+        }
+        inv_freq[i] = (float)f;
+    }
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Open and close                                                                           */
+/* ---------------------------------------------------------------------------------------- */
+
+static void cpu_close(sn_backend *base)
+{
+    cpu_backend *b = (cpu_backend *)base;
+    if (!b)
+        return;
+    for (int32_t s = 0; b->shards && s < b->tp; s++) {
+        shard *sh = &b->shards[s];
+        free(sh->layers);
+        free(sh->k_cache);
+        free(sh->v_cache);
+        free(sh->q);
+        free(sh->k);
+        free(sh->v);
+        free(sh->att);
+        free(sh->gate);
+        free(sh->up);
+        free(sh->partial);
+    }
+    free(b->shards);
+    for (size_t i = 0; i < b->n_owned; i++)
+        free(b->owned[i]);
+    free(b->owned);
+    free(b->norms);
+    free(b->inv_freq);
+    free(b->x);
+    free(b->xn);
+    free(b->pos);
+    free(b->slot);
+    free(b->run_of);
+    free(b->scores);
+    free(b->last);
+    sn_kv_alloc_free(&b->kv);
+    free(b);
+}
+
+static sn_status cpu_open(const sn_model *model, const sn_backend_opts *opts, sn_backend **out)
+{
+    *out = NULL;
+    const sn_model_config *c = sn_model_config_of(model);
+    int32_t tp = opts->tp > 0 ? opts->tp : 1;
+    if (c->n_heads % tp || c->n_kv_heads % tp || c->intermediate % tp)
+        return sn_fail(SN_ERR_CONFIG, "--tp %d does not divide the model: %d query heads, %d KV heads, %d FFN columns must all split evenly",
+                       tp, c->n_heads, c->n_kv_heads, c->intermediate);
+    if (opts->max_batch_tokens <= 0 || opts->max_seqs <= 0)
+        return sn_fail(SN_ERR_INVALID_ARG, "CPU backend: max_batch_tokens and max_seqs must be positive");
+    cpu_backend *b = calloc(1, sizeof *b);
+    if (!b)
+        return sn_fail(SN_ERR_NOMEM, "out of memory");
+    b->base.ops = &sn_cpu_backend;
+    b->model = model;
+    b->cfg = *c;
+    b->tp = tp;
+    b->max_tokens = opts->max_batch_tokens;
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    b->threads = opts->threads > 0 ? opts->threads : (int32_t)(cores > 0 ? cores : 1);
+    openblas_set_num_threads(b->threads);
+#ifdef _OPENMP
+    omp_set_num_threads(b->threads);
+#endif
+
+    const int32_t hd = c->head_dim, H = c->hidden, T = b->max_tokens;
+    /* The KV pool: the budget in blocks; by default room for every sequence's full context. */
+    size_t block_bytes = (size_t)2 * c->n_layers * SN_KV_BLOCK * c->n_kv_heads * hd * sizeof(float);
+    size_t n_blocks = opts->kv_bytes ? opts->kv_bytes / block_bytes
+                                     : (size_t)opts->max_seqs * ((size_t)c->max_positions + SN_KV_BLOCK - 1) / SN_KV_BLOCK;
+    sn_status st;
+    if (n_blocks == 0) {
+        st = sn_fail(SN_ERR_CONFIG, "KV-cache budget of %zu bytes holds no block (one block is %zu bytes)",
+                     opts->kv_bytes, block_bytes);
+        goto fail;
+    }
+    if (n_blocks > INT32_MAX / SN_KV_BLOCK)
+        n_blocks = INT32_MAX / SN_KV_BLOCK;
+    if ((st = sn_kv_alloc_init(&b->kv, SN_KV_BLOCK, (int32_t)n_blocks, opts->max_seqs, c->max_positions)) != SN_OK)
+        goto fail;
+    b->n_slots = (int32_t)n_blocks * SN_KV_BLOCK;
+
+    b->shards = calloc((size_t)tp, sizeof *b->shards);
+    if (!b->shards)
+        goto nomem;
+    for (int32_t s = 0; s < tp; s++) {
+        shard *sh = &b->shards[s];
+        sh->nh = c->n_heads / tp;
+        sh->h0 = s * sh->nh;
+        sh->nkv = c->n_kv_heads / tp;
+        sh->kv0 = s * sh->nkv;
+        sh->nf = c->intermediate / tp;
+        sh->f0 = s * sh->nf;
+        size_t kv_elems = (size_t)c->n_layers * b->n_slots * sh->nkv * hd;
+        sh->k_cache = malloc(kv_elems * sizeof(float));
+        sh->v_cache = malloc(kv_elems * sizeof(float));
+        sh->q = malloc((size_t)T * sh->nh * hd * sizeof(float));
+        sh->k = malloc((size_t)T * sh->nkv * hd * sizeof(float));
+        sh->v = malloc((size_t)T * sh->nkv * hd * sizeof(float));
+        sh->att = malloc((size_t)T * sh->nh * hd * sizeof(float));
+        sh->gate = malloc((size_t)T * sh->nf * sizeof(float));
+        sh->up = malloc((size_t)T * sh->nf * sizeof(float));
+        sh->partial = malloc((size_t)T * H * sizeof(float));
+        if (!sh->k_cache || !sh->v_cache || !sh->q || !sh->k || !sh->v || !sh->att || !sh->gate ||
+            !sh->up || !sh->partial) {
+            st = sn_fail(SN_ERR_NOMEM, "out of memory for the CPU backend's buffers (KV pool %zu bytes)",
+                         n_blocks * block_bytes);
+            goto fail;
+        }
+    }
+    b->inv_freq = malloc((size_t)(hd / 2) * sizeof *b->inv_freq);
+    b->x = malloc((size_t)T * H * sizeof *b->x);
+    b->xn = malloc((size_t)T * H * sizeof *b->xn);
+    b->last = malloc((size_t)T * H * sizeof *b->last);
+    b->pos = malloc((size_t)T * sizeof *b->pos);
+    b->slot = malloc((size_t)T * sizeof *b->slot);
+    b->run_of = malloc((size_t)T * sizeof *b->run_of);
+    b->scores = malloc((size_t)b->threads * (size_t)c->max_positions * sizeof *b->scores);
+    if (!b->inv_freq || !b->x || !b->xn || !b->last || !b->pos || !b->slot || !b->run_of || !b->scores)
+        goto nomem;
+    rope_frequencies(c, b->inv_freq);
+    if ((st = bind_weights(b)) != SN_OK)
+        goto fail;
+    *out = &b->base;
+    return SN_OK;
+nomem:
+    st = sn_fail(SN_ERR_NOMEM, "out of memory for the CPU backend's buffers");
+fail:
+    cpu_close(&b->base);
+    return st;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* The forward pass                                                                         */
+/* ---------------------------------------------------------------------------------------- */
+
+/* out (n, out_f) = x (n, in) . W^T, W a view of (out_f, in). */
+static void matmul(float *out, const float *x, int32_t n, int32_t in, wview w, int32_t out_f,
+                   float beta)
+{
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out_f, in, 1.0f, x, in, w.p, w.ld,
+                beta, out, out_f);
+}
+
+static void rmsnorm(float *out, const float *x, const float *weight, int32_t n, int32_t dim, float eps)
+{
+    for (int32_t i = 0; i < n; i++) {
+        const float *xi = x + (size_t)i * dim;
+        float *oi = out + (size_t)i * dim;
+        double ss = 0.0;
+        for (int32_t j = 0; j < dim; j++)
+            ss += (double)xi[j] * xi[j];
+        float scale = (float)(1.0 / sqrt(ss / dim + eps));
+        for (int32_t j = 0; j < dim; j++)
+            oi[j] = xi[j] * scale * weight[j];
+    }
+}
+
+/* Rotates each head of each row by its token's position (Hugging Face's rotate_half layout:
+ * element i pairs with element i + head_dim/2). */
+static void rope(float *x, int32_t n, int32_t heads, int32_t hd, const int32_t *pos,
+                 const float *inv_freq)
+{
+    const int32_t half = hd / 2;
+    for (int32_t i = 0; i < n; i++) {
+        for (int32_t j = 0; j < half; j++) {
+            float angle = (float)pos[i] * inv_freq[j];
+            float c = cosf(angle), s = sinf(angle);
+            for (int32_t h = 0; h < heads; h++) {
+                float *v = x + ((size_t)i * heads + h) * hd;
+                float a = v[j], bb = v[j + half];
+                v[j] = a * c - bb * s;
+                v[j + half] = bb * c + a * s;
+            }
+        }
+    }
+}
+
+/* Causal attention of every token of the batch against its sequence's cached keys and values
+ * (which already include this batch's tokens): for query head h of token i, the softmax over
+ * positions 0..pos[i] of q.k / sqrt(hd), times v. KV head h / (nh / nkv) serves head h. */
+static void attention(cpu_backend *b, shard *sh, int32_t layer, int32_t n, const sn_batch *batch)
+{
+    const int32_t hd = b->cfg.head_dim, nh = sh->nh, nkv = sh->nkv, group = nh / nkv;
+    const float scale = 1.0f / sqrtf((float)hd);
+    const size_t layer_off = (size_t)layer * b->n_slots * nkv * hd;
+    const float *kc = sh->k_cache + layer_off, *vc = sh->v_cache + layer_off;
+#pragma omp parallel for collapse(2) schedule(dynamic, 4)
+    for (int32_t i = 0; i < n; i++) {
+        for (int32_t h = 0; h < nh; h++) {
+#ifdef _OPENMP
+            float *sc = b->scores + (size_t)omp_get_thread_num() * b->cfg.max_positions;
+#else
+            float *sc = b->scores;
+#endif
+            const int32_t seq = batch->seq_ids[b->run_of[i]], kvh = h / group;
+            const float *q = sh->q + ((size_t)i * nh + h) * hd;
+            float *o = sh->att + ((size_t)i * nh + h) * hd;
+            const int32_t len = b->pos[i] + 1;
+            float mx = -INFINITY;
+            for (int32_t p = 0; p < len; p++) {
+                const float *k = kc + ((size_t)sn_kv_slot(&b->kv, seq, p) * nkv + kvh) * hd;
+                float d = 0.0f;
+                for (int32_t j = 0; j < hd; j++)
+                    d += q[j] * k[j];
+                sc[p] = d * scale;
+                if (sc[p] > mx)
+                    mx = sc[p];
+            }
+            float sum = 0.0f;
+            for (int32_t p = 0; p < len; p++) {
+                sc[p] = expf(sc[p] - mx);
+                sum += sc[p];
+            }
+            memset(o, 0, (size_t)hd * sizeof *o);
+            for (int32_t p = 0; p < len; p++) {
+                const float *v = vc + ((size_t)sn_kv_slot(&b->kv, seq, p) * nkv + kvh) * hd;
+                const float w = sc[p] / sum;
+                for (int32_t j = 0; j < hd; j++)
+                    o[j] += w * v[j];
+            }
+        }
+    }
+}
+
+/* x += the sum of the shards' partial outputs: the all-reduce of a multi-GPU run. Summed in
+ * shard order, so results do not depend on thread timing. */
+static void sum_partials(cpu_backend *b, int32_t n)
+{
+    const size_t len = (size_t)n * b->cfg.hidden;
+    for (int32_t s = 0; s < b->tp; s++) {
+        const float *p = b->shards[s].partial;
+        for (size_t j = 0; j < len; j++)
+            b->x[j] += p[j];
+    }
+}
+
+static sn_status cpu_forward(sn_backend *base, const sn_batch *batch, float *logits)
+{
+    cpu_backend *b = (cpu_backend *)base;
+    const sn_model_config *c = &b->cfg;
+    const int32_t n = batch->n_tokens, H = c->hidden, hd = c->head_dim;
+    if (n <= 0 || n > b->max_tokens)
+        return sn_fail(SN_ERR_INVALID_ARG, "CPU backend: batch of %d tokens, the limit is %d", n, b->max_tokens);
+
+    /* Positions, KV slots and the embedding of every token. */
+    const sn_tensor *embed = sn_model_embed(b->model);
+    const size_t row_bytes = (size_t)H * sn_dtype_size(embed->dtype);
+    for (int32_t r = 0; r < batch->n_seqs; r++) {
+        const int32_t seq = batch->seq_ids[r];
+        if (seq < 0 || seq >= b->kv.max_seqs)
+            return sn_fail(SN_ERR_INVALID_ARG, "CPU backend: sequence %d out of range", seq);
+        for (int32_t i = batch->seq_start[r]; i < batch->seq_start[r + 1]; i++) {
+            const int32_t p = batch->seq_pos[r] + (i - batch->seq_start[r]);
+            if ((p / SN_KV_BLOCK) >= b->kv.n_seq_blocks[seq])
+                return sn_fail(SN_ERR_INTERNAL, "CPU backend: position %d of sequence %d has no KV slot (kv_reserve first)",
+                               p, seq);
+            const int32_t tok = batch->tokens[i];
+            if (tok < 0 || tok >= c->vocab_size)
+                return sn_fail(SN_ERR_INVALID_ARG, "token %d outside the model's vocabulary 0..%d", tok, c->vocab_size - 1);
+            b->pos[i] = p;
+            b->slot[i] = sn_kv_slot(&b->kv, seq, p);
+            b->run_of[i] = r;
+            sn_convert_to_f32(embed->dtype, (const char *)embed->data + (size_t)tok * row_bytes,
+                              b->x + (size_t)i * H, (size_t)H);
+        }
+    }
+
+    for (int32_t l = 0; l < c->n_layers; l++) {
+        rmsnorm(b->xn, b->x, b->norms + (size_t)(2 * l) * H, n, H, c->rms_eps);
+        for (int32_t s = 0; s < b->tp; s++) {
+            shard *sh = &b->shards[s];
+            const shard_layer *w = &sh->layers[l];
+            matmul(sh->q, b->xn, n, H, w->wq, sh->nh * hd, 0.0f);
+            matmul(sh->k, b->xn, n, H, w->wk, sh->nkv * hd, 0.0f);
+            matmul(sh->v, b->xn, n, H, w->wv, sh->nkv * hd, 0.0f);
+            rope(sh->q, n, sh->nh, hd, b->pos, b->inv_freq);
+            rope(sh->k, n, sh->nkv, hd, b->pos, b->inv_freq);
+            /* Store this batch's keys and values before attending: a prefill chunk attends to
+             * its own earlier tokens through the cache, like every later step. */
+            const size_t layer_off = (size_t)l * b->n_slots * sh->nkv * hd, kv_row = (size_t)sh->nkv * hd;
+            for (int32_t i = 0; i < n; i++) {
+                memcpy(sh->k_cache + layer_off + (size_t)b->slot[i] * kv_row, sh->k + (size_t)i * kv_row, kv_row * sizeof(float));
+                memcpy(sh->v_cache + layer_off + (size_t)b->slot[i] * kv_row, sh->v + (size_t)i * kv_row, kv_row * sizeof(float));
+            }
+            attention(b, sh, l, n, batch);
+            matmul(sh->partial, sh->att, n, sh->nh * hd, w->wo, H, 0.0f);
+        }
+        sum_partials(b, n);
+
+        rmsnorm(b->xn, b->x, b->norms + (size_t)(2 * l + 1) * H, n, H, c->rms_eps);
+        for (int32_t s = 0; s < b->tp; s++) {
+            shard *sh = &b->shards[s];
+            const shard_layer *w = &sh->layers[l];
+            matmul(sh->gate, b->xn, n, H, w->w_gate, sh->nf, 0.0f);
+            matmul(sh->up, b->xn, n, H, w->w_up, sh->nf, 0.0f);
+            const size_t len = (size_t)n * sh->nf;
+            for (size_t j = 0; j < len; j++) {
+                const float g = sh->gate[j];
+                sh->gate[j] = g / (1.0f + expf(-g)) * sh->up[j]; /* SwiGLU: silu(gate) * up */
+            }
+            matmul(sh->partial, sh->gate, n, sh->nf, w->w_down, H, 0.0f);
+        }
+        sum_partials(b, n);
+    }
+
+    /* Logits of the last token of each run that asks for them. */
+    int32_t rows = 0;
+    for (int32_t r = 0; r < batch->n_seqs; r++) {
+        if (!batch->logits_for[r])
+            continue;
+        const int32_t i = batch->seq_start[r + 1] - 1;
+        memcpy(b->last + (size_t)rows * H, b->x + (size_t)i * H, (size_t)H * sizeof(float));
+        rows++;
+    }
+    if (rows) {
+        rmsnorm(b->xn, b->last, b->final_norm, rows, H, c->rms_eps);
+        matmul(logits, b->xn, rows, H, b->lm_head, c->vocab_size, 0.0f);
+    }
+    return SN_OK;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* KV blocks                                                                                */
+/* ---------------------------------------------------------------------------------------- */
+
+static sn_status cpu_kv_reserve(sn_backend *base, int32_t seq, int32_t n_positions)
+{
+    return sn_kv_alloc_reserve(&((cpu_backend *)base)->kv, seq, n_positions);
+}
+
+static void cpu_kv_release(sn_backend *base, int32_t seq)
+{
+    sn_kv_alloc_release(&((cpu_backend *)base)->kv, seq);
+}
+
+static int32_t cpu_kv_free_blocks(const sn_backend *base) { return ((const cpu_backend *)base)->kv.n_free; }
+
+static int32_t cpu_kv_total_blocks(const sn_backend *base)
+{
+    return ((const cpu_backend *)base)->kv.n_blocks;
+}
+
+const sn_backend_ops sn_cpu_backend = {
+    .name = "cpu",
+    .open = cpu_open,
+    .close = cpu_close,
+    .forward = cpu_forward,
+    .kv_reserve = cpu_kv_reserve,
+    .kv_release = cpu_kv_release,
+    .kv_free_blocks = cpu_kv_free_blocks,
+    .kv_total_blocks = cpu_kv_total_blocks,
+};

@@ -1,0 +1,455 @@
+/*
+ * test_engine.c - the engine on the CPU backend against an independent numpy forward pass
+ * (tests/reference/llama_ref.py) on small seeded random models (tests/reference/make_model.py):
+ * logits within 1e-4 relative for several shapes, GQA ratios, tied and untied heads, odd
+ * sizes and dtypes; chunked prefill equal to whole; batch invariance; KV-pool exhaustion with
+ * many sessions; tensor-parallel shards equal to one; the segment automaton.
+ *
+ * The relative error of a logit row is max|got - ref| / max|ref|.
+ */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "sensorium/sensorium.h"
+
+#define TOL 1e-4
+
+static char dir[64];
+
+static void setup(void)
+{
+    strcpy(dir, "/tmp/sn_engine_XXXXXX");
+    cr_assert_not_null(mkdtemp(dir));
+}
+
+static void teardown(void)
+{
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    cr_expect_eq(system(cmd), 0);
+}
+
+TestSuite(engine, .init = setup, .fini = teardown, .timeout = 240);
+
+/* Writes a model with make_model.py ARGS into dir/NAME; returns its path (static buffer). */
+static const char *make_model(const char *name, const char *args)
+{
+    static char path[128];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "python3 %s/tests/reference/make_model.py %s %s", SN_SOURCE_DIR, path, args);
+    cr_assert_eq(system(cmd), 0, "make_model.py failed: %s", cmd);
+    return path;
+}
+
+/* The reference logits of every position (T, vocab), malloc'ed. */
+static float *reference(const char *model, const int32_t *tokens, size_t n, int32_t vocab)
+{
+    char cmd[4096], out[128];
+    snprintf(out, sizeof out, "%s/ref.npy", dir);
+    int len = snprintf(cmd, sizeof cmd, "python3 %s/tests/reference/llama_ref.py %s %s", SN_SOURCE_DIR, model, out);
+    for (size_t i = 0; i < n; i++)
+        len += snprintf(cmd + len, sizeof cmd - (size_t)len, " %d", tokens[i]);
+    cr_assert_eq(system(cmd), 0, "llama_ref.py failed");
+    sn_media m;
+    cr_assert_eq(sn_media_read(out, &m), SN_OK, "%s", sn_errmsg());
+    cr_assert_eq(m.series.n_ticks, n);
+    cr_assert_eq(m.series.dims, (uint32_t)vocab);
+    float *r = malloc(n * (size_t)vocab * sizeof *r);
+    memcpy(r, m.series.values, n * (size_t)vocab * sizeof *r);
+    sn_media_release(&m);
+    return r;
+}
+
+static double rel_err(const float *got, const float *ref, int32_t n)
+{
+    double worst = 0, scale = 0;
+    for (int32_t i = 0; i < n; i++) {
+        worst = fmax(worst, fabs((double)got[i] - ref[i]));
+        scale = fmax(scale, fabs((double)ref[i]));
+    }
+    return worst / scale;
+}
+
+static sn_engine *open_engine(const char *model, int tp, int32_t batch_tokens, int32_t sessions, size_t kv_bytes)
+{
+    sn_engine_opts o = sn_engine_opts_default();
+    o.model_dir = model;
+    o.tp = tp;
+    o.max_batch_tokens = batch_tokens;
+    o.max_sessions = sessions;
+    o.kv_bytes = kv_bytes;
+    o.keep_logits = 1;
+    o.threads = 2;
+    sn_engine *e;
+    cr_assert_eq(sn_engine_open(&o, &e), SN_OK, "%s", sn_errmsg());
+    return e;
+}
+
+static void prompt(int32_t *t, size_t n, int32_t vocab, uint32_t seed)
+{
+    for (size_t i = 0; i < n; i++) {
+        seed = seed * 1664525u + 1013904223u;
+        t[i] = (int32_t)(seed >> 8) % vocab;
+    }
+}
+
+/* Feeds tokens one step at a time and checks the logits of every position. */
+static void check_model(const char *name, const char *args, int32_t vocab, int tp)
+{
+    const char *model = make_model(name, args);
+    int32_t t[12];
+    prompt(t, 12, vocab, 7);
+    float *ref = reference(model, t, 12, vocab);
+    sn_engine *e = open_engine(model, tp, 64, 2, 0);
+    sn_session_opts so = sn_session_opts_default();
+    so.no_bos = 1;
+    sn_session *s;
+    cr_assert_eq(sn_session_open(e, &so, &s), SN_OK, "%s", sn_errmsg());
+    double worst = 0;
+    /* the first 8 as one prefill, then one token per step (the decode path) */
+    cr_assert_eq(sn_session_feed_tokens(s, t, 8), SN_OK);
+    cr_assert_eq(sn_engine_run(e), SN_OK, "%s", sn_errmsg());
+    int32_t v;
+    const float *lg = sn_session_logits(s, &v);
+    cr_assert_eq(v, vocab);
+    worst = fmax(worst, rel_err(lg, ref + 7 * (size_t)vocab, vocab));
+    for (int i = 8; i < 12; i++) {
+        cr_assert_eq(sn_session_feed_tokens(s, &t[i], 1), SN_OK);
+        cr_assert_eq(sn_engine_run(e), SN_OK, "%s", sn_errmsg());
+        double err = rel_err(sn_session_logits(s, NULL), ref + (size_t)i * vocab, vocab);
+        worst = fmax(worst, err);
+    }
+    cr_log_info("%s (%s, tp %d): worst relative logit error %.3g", name, args, tp, worst);
+    fprintf(stderr, "engine vs numpy: %-10s tp %d  %-60s rel err %.3g\n", name, tp, args, worst);
+    cr_expect_leq(worst, TOL, "%s: relative error %.3g > %.0e", name, worst, TOL);
+    sn_session_close(s);
+    sn_engine_close(e);
+    free(ref);
+}
+
+Test(engine, logits_match_the_numpy_reference)
+{
+    check_model("mha", "--heads 4 --kv-heads 4 --seed 1", 300, 1);           /* GQA ratio 1 */
+    check_model("gqa2", "--heads 4 --kv-heads 2 --seed 2", 300, 1);          /* ratio 2 */
+    check_model("gqa4", "--heads 8 --kv-heads 2 --head-dim 8 --seed 3", 300, 1); /* ratio 4 */
+    check_model("tied", "--tie --seed 4", 300, 1);
+    check_model("odd", "--vocab 277 --hidden 36 --intermediate 53 --heads 3 --kv-heads 1 --head-dim 10 --layers 3 --seed 5", 277, 1);
+    check_model("llama3", "--llama3-rope --rope-theta 500000 --seed 6", 300, 1);
+    check_model("bf16", "--dtype bf16 --seed 7", 300, 1);
+    check_model("f16", "--dtype f16 --seed 8 --shards 3", 300, 1);
+    check_model("sens", "--layout sensorium --seed 9", 300, 1);
+}
+
+Test(engine, tensor_parallel_shards_match_one)
+{
+    check_model("tp2", "--heads 4 --kv-heads 2 --intermediate 96 --seed 11", 300, 2);
+    check_model("tp4", "--heads 8 --kv-heads 4 --head-dim 8 --intermediate 96 --seed 12", 300, 4);
+}
+
+/* Greedy tokens of one session alone, for comparisons. */
+static void generate_alone(const char *model, const int32_t *p, size_t n, int32_t steps, int tp,
+                           int32_t *out, float *last_logits, int32_t vocab)
+{
+    sn_engine *e = open_engine(model, tp, 256, 1, 0);
+    sn_session_opts so = sn_session_opts_default();
+    so.no_bos = 1;
+    sn_session *s;
+    cr_assert_eq(sn_session_open(e, &so, &s), SN_OK);
+    cr_assert_eq(sn_session_feed_tokens(s, p, n), SN_OK);
+    cr_assert_eq(sn_session_generate(s, NULL, 0, steps, 0), SN_OK);
+    cr_assert_eq(sn_engine_run(e), SN_OK, "%s", sn_errmsg());
+    size_t nt;
+    const int32_t *toks = sn_session_tokens(s, &nt);
+    cr_assert_eq(nt, n + (size_t)steps);
+    memcpy(out, toks + n, (size_t)steps * sizeof *out);
+    if (last_logits)
+        memcpy(last_logits, sn_session_logits(s, NULL), (size_t)vocab * sizeof *last_logits);
+    sn_session_close(s);
+    sn_engine_close(e);
+}
+
+Test(engine, tensor_parallel_gives_the_same_greedy_tokens)
+{
+    const char *model = make_model("tpg", "--heads 8 --kv-heads 4 --head-dim 8 --intermediate 96 --seed 13");
+    int32_t p[10], base[16], other[16];
+    float lb[300], lo[300];
+    prompt(p, 10, 300, 3);
+    generate_alone(model, p, 10, 16, 1, base, lb, 300);
+    for (int tp = 2; tp <= 4; tp *= 2) {
+        generate_alone(model, p, 10, 16, tp, other, lo, 300);
+        cr_expect_arr_eq(base, other, sizeof base, "tp %d greedy tokens differ from tp 1", tp);
+        cr_expect_leq(rel_err(lo, lb, 300), TOL, "tp %d logits differ", tp);
+    }
+}
+
+Test(engine, chunked_prefill_equals_whole)
+{
+    const char *model = make_model("chunk", "--seed 21");
+    int32_t p[40];
+    prompt(p, 40, 300, 5);
+    float whole[300];
+    for (int k = 0; k < 2; k++) {
+        /* k = 0: the prompt in one step; k = 1: chunks of 7 tokens */
+        sn_engine *e = open_engine(model, 1, k == 0 ? 64 : 7, 1, 0);
+        sn_session_opts so = sn_session_opts_default();
+        so.no_bos = 1;
+        sn_session *s;
+        cr_assert_eq(sn_session_open(e, &so, &s), SN_OK);
+        cr_assert_eq(sn_session_feed_tokens(s, p, 40), SN_OK);
+        int steps = 0;
+        int32_t n;
+        do {
+            cr_assert_eq(sn_engine_step(e, &n), SN_OK);
+            steps += n > 0;
+        } while (n);
+        cr_expect_eq(steps, k == 0 ? 1 : 6, "steps %d", steps);
+        if (k == 0)
+            memcpy(whole, sn_session_logits(s, NULL), sizeof whole);
+        else {
+            double err = rel_err(sn_session_logits(s, NULL), whole, 300);
+            fprintf(stderr, "chunked vs whole prefill: rel err %.3g\n", err);
+            cr_expect_leq(err, 1e-5, "chunked prefill differs from whole: %.3g", err);
+        }
+        sn_session_close(s);
+        sn_engine_close(e);
+    }
+}
+
+Test(engine, batched_sessions_match_sessions_alone)
+{
+    const char *model = make_model("batch", "--seed 31");
+    enum { N = 5, STEPS = 12 };
+    int32_t p[N][9], alone[N][STEPS];
+    for (int i = 0; i < N; i++) {
+        prompt(p[i], (size_t)(3 + i), 300, 100u + (uint32_t)i);
+        generate_alone(model, p[i], (size_t)(3 + i), STEPS, 1, alone[i], NULL, 300);
+    }
+    /* all together, with sampling at temperature 1 too: same seeds, same tokens */
+    for (int temp = 0; temp < 2; temp++) {
+        sn_engine *e = open_engine(model, 1, 16, N, 0);
+        sn_session *s[N];
+        for (int i = 0; i < N; i++) {
+            sn_session_opts so = sn_session_opts_default();
+            so.no_bos = 1;
+            so.seed = 1000 + (uint64_t)i;
+            so.sampling.temperature = temp ? 1.0f : 0.0f;
+            cr_assert_eq(sn_session_open(e, &so, &s[i]), SN_OK);
+            cr_assert_eq(sn_session_feed_tokens(s[i], p[i], (size_t)(3 + i)), SN_OK);
+            cr_assert_eq(sn_session_generate(s[i], NULL, 0, STEPS, 0), SN_OK);
+            if (i == 2) /* a session that joins a step later */
+                cr_assert_eq(sn_engine_step(e, NULL), SN_OK);
+        }
+        cr_assert_eq(sn_engine_run(e), SN_OK, "%s", sn_errmsg());
+        for (int i = 0; i < N; i++) {
+            size_t nt;
+            const int32_t *t = sn_session_tokens(s[i], &nt);
+            cr_assert_eq(nt, (size_t)(3 + i + STEPS));
+            if (!temp)
+                cr_expect_arr_eq(t + 3 + i, alone[i], sizeof alone[i], "session %d differs when batched", i);
+        }
+        if (temp) {
+            /* sampled: compare with each session alone at the same seed */
+            for (int i = 0; i < N; i++) {
+                sn_engine *e1 = open_engine(model, 1, 256, 1, 0);
+                sn_session_opts so = sn_session_opts_default();
+                so.no_bos = 1;
+                so.seed = 1000 + (uint64_t)i;
+                so.sampling.temperature = 1.0f;
+                sn_session *s1;
+                cr_assert_eq(sn_session_open(e1, &so, &s1), SN_OK);
+                cr_assert_eq(sn_session_feed_tokens(s1, p[i], (size_t)(3 + i)), SN_OK);
+                cr_assert_eq(sn_session_generate(s1, NULL, 0, STEPS, 0), SN_OK);
+                cr_assert_eq(sn_engine_run(e1), SN_OK);
+                size_t n1, n2;
+                const int32_t *a = sn_session_tokens(s1, &n1), *b = sn_session_tokens(s[i], &n2);
+                cr_expect_arr_eq(a, b, n1 * sizeof *a, "sampled session %d depends on its batch", i);
+                sn_session_close(s1);
+                sn_engine_close(e1);
+            }
+        }
+        for (int i = 0; i < N; i++)
+            sn_session_close(s[i]);
+        sn_engine_close(e);
+    }
+}
+
+Test(engine, kv_pool_exhaustion_preempts_and_recomputes)
+{
+    /* 2 layers, 2 KV heads of 16: a block is 2*2*16*2*16*4 = 8 KiB. A pool of 12 blocks (192
+     * positions) cannot hold 8 sessions of 40 tokens (3 blocks each) at once. */
+    const char *model = make_model("kv", "--seed 41");
+    enum { N = 8, STEPS = 24 };
+    int32_t p[N][16], alone[N][STEPS];
+    for (int i = 0; i < N; i++) {
+        prompt(p[i], 16, 300, 500u + (uint32_t)i);
+        generate_alone(model, p[i], 16, STEPS, 1, alone[i], NULL, 300);
+    }
+    sn_engine *e = open_engine(model, 1, 32, N, 12 * 8192);
+    sn_session *s[N];
+    for (int i = 0; i < N; i++) {
+        sn_session_opts so = sn_session_opts_default();
+        so.no_bos = 1;
+        cr_assert_eq(sn_session_open(e, &so, &s[i]), SN_OK);
+        cr_assert_eq(sn_session_feed_tokens(s[i], p[i], 16), SN_OK);
+        cr_assert_eq(sn_session_generate(s[i], NULL, 0, STEPS, 0), SN_OK);
+    }
+    int steps = 0;
+    int32_t n;
+    do {
+        cr_assert_eq(sn_engine_step(e, &n), SN_OK, "%s", sn_errmsg());
+        steps++;
+        int busy = 0;
+        for (int i = 0; i < N; i++)
+            busy |= sn_session_busy(s[i]);
+        if (!busy)
+            break;
+        cr_assert_lt(steps, 2000, "the engine stopped making progress");
+    } while (1);
+    for (int i = 0; i < N; i++) {
+        cr_expect_eq(sn_session_stop_reason(s[i]), SN_STOP_MAX_TOKENS, "session %d: %s", i, sn_session_error(s[i]));
+        size_t nt;
+        const int32_t *t = sn_session_tokens(s[i], &nt);
+        cr_assert_eq(nt, 16u + STEPS);
+        cr_expect_arr_eq(t + 16, alone[i], sizeof alone[i], "session %d changed under KV pressure", i);
+    }
+    for (int i = 0; i < N; i++)
+        sn_session_close(s[i]);
+    sn_engine_close(e);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* The automaton                                                                            */
+/* ---------------------------------------------------------------------------------------- */
+
+typedef struct seen {
+    char text[4096];
+    size_t len;
+    int actions;
+    char last_action[64];
+} seen;
+
+static int on_action(void *ctx, sn_session *s, const char *modality, const sn_action *a)
+{
+    (void)s;
+    seen *w = ctx;
+    if (a->kind == SN_ACTION_TEXT) {
+        cr_assert_str_eq(modality, "text");
+        cr_assert_lt(w->len + a->text.len, sizeof w->text);
+        memcpy(w->text + w->len, a->text.utf8, a->text.len);
+        w->len += a->text.len;
+    } else if (a->kind == SN_ACTION_NAMED) {
+        cr_assert_str_eq(modality, "action");
+        w->actions++;
+        snprintf(w->last_action, sizeof w->last_action, "%s", a->named.name);
+    }
+    return 0;
+}
+
+Test(engine, the_automaton_only_lets_allowed_tokens_through)
+{
+    /* a 272-id model with text (8..263) and actions (264..266) */
+    const char *model = make_model("auto", "--vocab 272 --layout sensorium --seed 51");
+    char path[256];
+    snprintf(path, sizeof path, "%s/sensorium.json", model);
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd,
+             "python3 -c \"import json; p='%s'; m=json.load(open(p)); m['vocab']['segments'].append("
+             "{'modality': 'action', 'plugin': 'action.discrete', 'start': 264, 'size': 3, 'begin': 5, 'end': 6, "
+             "'config': {'actions': ['left', 'right', 'stop']}}); json.dump(m, open(p, 'w'))\"", path);
+    cr_assert_eq(system(cmd), 0);
+    sn_engine *e = open_engine(model, 1, 64, 4, 0);
+    for (uint64_t seed = 0; seed < 6; seed++) {
+        seen w = {0};
+        sn_session_opts so = sn_session_opts_default();
+        so.seed = seed;
+        so.sampling.temperature = 1.5f; /* random weights, hot sampling: only the mask keeps order */
+        so.callbacks = (sn_session_callbacks){.ctx = &w, .on_action = on_action};
+        sn_session *s;
+        cr_assert_eq(sn_session_open(e, &so, &s), SN_OK);
+        sn_media m = {.kind = SN_MEDIA_TEXT, .text = {"tilt left!", 10}};
+        cr_assert_eq(sn_session_feed(s, "text", &m), SN_OK, "%s", sn_errmsg());
+        const char *out[] = {seed % 2 ? "action" : "text", "action"};
+        size_t n_out = seed % 3 == 0 ? 2 : 1;
+        cr_assert_eq(sn_session_generate(s, out, n_out, 60, 0), SN_OK);
+        cr_assert_eq(sn_engine_run(e), SN_OK, "%s", sn_errmsg());
+        cr_expect_neq(sn_session_stop_reason(s), SN_STOP_ERROR, "%s", sn_session_error(s));
+        size_t nt;
+        const int32_t *t = sn_session_tokens(s, &nt);
+        /* replay the generated part against the automaton */
+        int inside = -1, in_action = 0;
+        size_t gen_start = 1 + 12; /* BOS, <begin:text>, 10 bytes, <end:text> */
+        for (size_t i = gen_start; i < nt; i++) {
+            int32_t id = t[i];
+            if (inside < 0) {
+                int text_ok = !(seed % 2), action_ok = seed % 2 || n_out == 2;
+                int ok = id == 1 || (id == 5 && action_ok) || (id == 3 && text_ok);
+                cr_assert(ok, "seed %llu: token %d at %zu outside a segment", (unsigned long long)seed, id, i);
+                if (id == 3 || id == 5) {
+                    inside = id == 3 ? 0 : 1;
+                    in_action = 0;
+                }
+            } else if (inside == 0) {
+                cr_assert((id >= 8 && id <= 263) || id == 4, "seed %llu: %d inside text", (unsigned long long)seed, id);
+                if (id == 4)
+                    inside = -1;
+            } else {
+                if (in_action == 0)
+                    cr_assert(id >= 264 && id <= 266, "seed %llu: %d where an action must come", (unsigned long long)seed, id);
+                else
+                    cr_assert_eq(id, 6, "seed %llu: a second action in one segment", (unsigned long long)seed);
+                if (++in_action == 2)
+                    inside = -1;
+            }
+        }
+        /* decoded text is whole UTF-8 (text.bytes constrains to valid sequences) */
+        for (size_t i = 0; i < w.len;) {
+            unsigned char c = (unsigned char)w.text[i];
+            size_t k = c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
+            cr_assert(c < 0x80 || (c >= 0xC2 && c <= 0xF4), "invalid lead byte 0x%02x", c);
+            for (size_t j = 1; j < k; j++)
+                cr_assert(i + j < w.len && ((unsigned char)w.text[i + j] & 0xC0) == 0x80);
+            i += k;
+        }
+        sn_session_close(s);
+    }
+    sn_engine_close(e);
+}
+
+Test(engine, bad_requests_are_clear_errors)
+{
+    const char *model = make_model("bad", "--layout sensorium --seed 61");
+    sn_engine *e = open_engine(model, 1, 64, 1, 0);
+    sn_session *s;
+    cr_assert_eq(sn_session_open(e, NULL, &s), SN_OK);
+    sn_media m = {.kind = SN_MEDIA_TEXT, .text = {"x", 1}};
+    cr_expect_eq(sn_session_feed(s, "audio", &m), SN_ERR_NOT_FOUND);
+    cr_expect_not_null(strstr(sn_errmsg(), "no modality 'audio' (it has: text)"), "%s", sn_errmsg());
+    int32_t bad = 300;
+    cr_expect_eq(sn_session_feed_tokens(s, &bad, 1), SN_ERR_INVALID_ARG);
+    sn_sampling_params sp = sn_sampling_params_default();
+    sp.top_p = 0.0f;
+    cr_expect_eq(sn_session_set_sampling(s, "text", &sp), SN_ERR_CONFIG);
+    cr_expect_not_null(strstr(sn_errmsg(), "top_p"), "%s", sn_errmsg());
+    sn_session *s2;
+    cr_expect_eq(sn_session_open(e, NULL, &s2), SN_ERR_INVALID_ARG, "one session slot only");
+    sn_session_close(s);
+    sn_engine_close(e);
+
+    sn_engine_opts o = sn_engine_opts_default();
+    o.model_dir = model;
+    o.tp = 3;
+    cr_expect_neq(sn_engine_open(&o, &e), SN_OK);
+    cr_expect_not_null(strstr(sn_errmsg(), "--tp 3 does not divide"), "%s", sn_errmsg());
+    o.tp = 1;
+    o.backend = "cuda";
+    cr_expect_eq(sn_engine_open(&o, &e), SN_ERR_UNSUPPORTED);
+    o.backend = "cpu";
+    o.model_dir = dir;
+    cr_expect_eq(sn_engine_open(&o, &e), SN_ERR_NOT_FOUND);
+    cr_expect_not_null(strstr(sn_errmsg(), "not a model folder"), "%s", sn_errmsg());
+}

@@ -1111,7 +1111,7 @@ static int cmd_info(int argc, char **argv)
         return usage_error("info", "info: -m MODEL is required");
     eo.max_sessions = 1;
     eo.max_batch_tokens = 1;
-    eo.kv_bytes = 1; /* info runs nothing: the smallest pool */
+    eo.kv_bytes = (size_t)64 << 20; /* info runs nothing: a small pool, enough for a block of any model */
     sn_engine *e;
     if (sn_engine_open(&eo, &e) != SN_OK)
         return lib_fail();

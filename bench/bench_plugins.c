@@ -240,7 +240,7 @@ int main(int argc, char **argv)
             fprintf(stderr, "bench: fitted %s in %.1f s\n", bc->plugin, now() - t0);
             data_dir = tmp;
         }
-        result r;
+        result r = {0};
         if (run_case(ps, bc, &m, data_dir, min_s, rounds, &r) != 0) {
             missed = 1;
         } else {

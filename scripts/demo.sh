@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # scripts/demo.sh - install what is missing, build, and show what Sensorium does today:
 # stimuli become tokens through plugins and tokens become text and named actions again.
-# (The transformer that reads and writes those tokens is not built yet; see the README.)
+# and a transformer (random weights: the trained default model is not built yet) reads a
+# stimulus and answers under the segment automaton.
 set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
 cd "$SN_ROOT"
 
 sn_install_deps
+sn_install_python
 sn_build "$SN_ROOT/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 
 sn=build/bin/sensorium
@@ -45,6 +47,21 @@ head -c 100 /dev/urandom >"$out/noise.wav"; printf 'RIFF' | dd of="$out/noise.wa
 run $sn tokenize --plugin text.bytes "$out/noise.wav" || echo "(exit status $?)"
 run $sn tokenize --plugin audio.nothing $model/samples/greeting.txt || echo "(exit status $?)"
 
+step "7. A transformer reads the tokens and answers with action tokens"
+echo "(a small model with random weights and the demo's vocabulary: its choices are noise, but"
+echo " the segment automaton makes every answer a well-formed action segment)"
+python3 tests/reference/make_model.py "$out/model" --layout sensorium --vocab 272 --seed 7 >/dev/null
+python3 - "$out/model/sensorium.json" "$model/sensorium.json" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1])); m["vocab"] = json.load(open(sys.argv[2]))["vocab"]
+json.dump(m, open(sys.argv[1], "w"), indent=1)
+PY
+run $sn info -m "$out/model"
+for seed in 1 2 3; do
+  run $sn run -m "$out/model" --feed text:$model/samples/greeting.txt --generate action \
+      --max-segments 1 --temperature 1 --seed $seed --print-tokens
+done
+
 printf '\nWhat happened: text and actions went through the same plugin interface into one\n'
-printf 'vocabulary and back. Next: the transformer that reads these tokens and answers with\n'
-printf 'action tokens (see the README for what is built and what comes next).\n'
+printf 'vocabulary and back, and a model read a stimulus and answered with an action token,\n'
+printf 'well-formed by construction. Next: a trained model (see the README for what is built).\n'

@@ -304,12 +304,17 @@ fail:
 /* The forward pass                                                                         */
 /* ---------------------------------------------------------------------------------------- */
 
-/* out (n, out_f) = x (n, in) . W^T, W a view of (out_f, in). */
+/* out (n, out_f) = x (n, in) . W^T, W a view of (out_f, in). One row is a matrix-vector
+ * product: sgemv streams the weights once, where sgemm would first pack (copy) them, which
+ * at batch 1 doubles the memory traffic that bounds decoding. */
 static void matmul(float *out, const float *x, int32_t n, int32_t in, wview w, int32_t out_f,
                    float beta)
 {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out_f, in, 1.0f, x, in, w.p, w.ld,
-                beta, out, out_f);
+    if (n == 1)
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, out_f, in, 1.0f, w.p, w.ld, x, 1, beta, out, 1);
+    else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out_f, in, 1.0f, x, in, w.p,
+                    w.ld, beta, out, out_f);
 }
 
 static void rmsnorm(float *out, const float *x, const float *weight, int32_t n, int32_t dim, float eps)

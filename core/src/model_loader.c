@@ -1,34 +1,33 @@
 /*
  * model_loader.c - a Llama-family model from disk: the configuration (config.json, or the
- * "architecture" of sensorium.json) and the weights, memory-mapped from safetensors files and
+ * "architecture" of sensorium.json) and the weights, memory-mapped through safetensors.c and
  * bound tensor by tensor with their shapes checked (see model.h for the layouts).
  *
- * Every way a download can be broken is an error naming the file and the tensor: a header
- * length past the end, malformed header JSON (with line and column), an unsupported dtype, a
- * tensor whose bytes lie outside the file, a shape that does not match the configuration, a
- * missing tensor.
+ * Data flow: find the layout -> parse the configuration -> map the weights file or every
+ * shard an index names -> bind each tensor the configuration implies, checking its shape ->
+ * hand the model to a backend. Every way a download can be broken is an error naming the
+ * file and the tensor; nothing is printed (an unused extra tensor is one log line).
  */
 #include <errno.h>
-#include <fcntl.h>
-#include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include "model.h"
+#include "plugin_impl.h"
+#include "safetensors.h"
 
 /* ---------------------------------------------------------------------------------------- */
 /* dtypes                                                                                   */
 /* ---------------------------------------------------------------------------------------- */
 
-size_t sn_dtype_size(sn_dtype d) { return d == SN_DTYPE_F32 ? 4 : 2; }
+size_t sn_dtype_size(sn_dtype dtype) { return dtype == SN_DTYPE_F32 ? 4 : 2; }
 
-const char *sn_dtype_name(sn_dtype d)
+const char *sn_dtype_name(sn_dtype dtype)
 {
-    switch (d) {
+    switch (dtype) {
     case SN_DTYPE_F32: return "F32";
     case SN_DTYPE_F16: return "F16";
     case SN_DTYPE_BF16: return "BF16";
@@ -36,48 +35,45 @@ const char *sn_dtype_name(sn_dtype d)
     return "?";
 }
 
-static float half_to_float(uint16_t h)
+/* IEEE binary16 -> binary32 bits; exact for every input (every half is a float). */
+static uint32_t half_bits_to_float_bits(uint16_t h)
 {
-    uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1F, man = h & 0x3FF, bits;
-    if (exp == 0) {
-        if (man == 0)
-            bits = sign;
-        else { /* subnormal: renormalise */
-            int e = -1;
-            do {
-                man <<= 1;
-                e++;
-            } while (!(man & 0x400));
-            bits = sign | (uint32_t)(127 - 15 - e) << 23 | (man & 0x3FF) << 13;
-        }
-    } else if (exp == 31)
-        bits = sign | 0x7F800000u | man << 13;
-    else
-        bits = sign | (exp + 127 - 15) << 23 | man << 13;
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1Fu, man = h & 0x3FFu;
+    if (exp == 0x1F) /* inf, nan (payload kept, so a quiet nan stays quiet) */
+        return sign | 0x7F800000u | man << 13;
+    if (exp != 0)
+        return sign | (exp + 127 - 15) << 23 | man << 13;
+    if (man == 0)
+        return sign;
+    /* subnormal man * 2^-24: shift the leading one up to the implicit bit, 2^-14 per step less */
+    uint32_t e = 127 - 14;
+    while (!(man & 0x400u)) {
+        man <<= 1;
+        e--;
+    }
+    return sign | e << 23 | (man & 0x3FFu) << 13;
 }
 
 void sn_convert_to_f32(sn_dtype dtype, const void *src, float *dst, size_t n)
 {
     const unsigned char *s = src;
+    uint16_t h;
+    uint32_t bits;
     switch (dtype) {
     case SN_DTYPE_F32:
-        memcpy(dst, src, n * 4);
+        memcpy(dst, src, n * sizeof *dst);
         return;
     case SN_DTYPE_F16:
         for (size_t i = 0; i < n; i++) {
-            uint16_t h;
-            memcpy(&h, s + 2 * i, 2);
-            dst[i] = half_to_float(h);
+            memcpy(&h, s + 2 * i, 2); /* src need not be 2-aligned */
+            bits = half_bits_to_float_bits(h);
+            memcpy(&dst[i], &bits, 4);
         }
         return;
-    case SN_DTYPE_BF16:
+    case SN_DTYPE_BF16: /* the top half of a float32 */
         for (size_t i = 0; i < n; i++) {
-            uint16_t h;
             memcpy(&h, s + 2 * i, 2);
-            uint32_t bits = (uint32_t)h << 16;
+            bits = (uint32_t)h << 16;
             memcpy(&dst[i], &bits, 4);
         }
         return;
@@ -85,468 +81,520 @@ void sn_convert_to_f32(sn_dtype dtype, const void *src, float *dst, size_t n)
 }
 
 /* ---------------------------------------------------------------------------------------- */
-/* safetensors files                                                                        */
-/* ---------------------------------------------------------------------------------------- */
-
-typedef struct st_file {
-    char *path;
-    void *map;
-    size_t size;
-    sn_tensor *tensors; /* (n) */
-    size_t n;
-} st_file;
-
-struct sn_model {
-    sn_model_config cfg;
-    st_file *files; /* (n_files) */
-    size_t n_files;
-    const sn_tensor *embed, *norm, *lm_head;
-    sn_layer_weights *layers; /* (n_layers) */
-};
-
-static void st_close(st_file *f)
-{
-    if (f->map && f->map != MAP_FAILED)
-        munmap(f->map, f->size);
-    for (size_t i = 0; i < f->n; i++)
-        free((char *)f->tensors[i].name);
-    free(f->tensors);
-    free(f->path);
-    memset(f, 0, sizeof *f);
-}
-
-/* Maps path and reads its header into f; every tensor checked against the file's size. */
-static sn_status st_open(const char *path, st_file *f)
-{
-    memset(f, 0, sizeof *f);
-    f->path = sn_strdup(path);
-    if (!f->path)
-        return sn_fail(SN_ERR_NOMEM, "out of memory");
-    int fd = open(path, O_RDONLY);
-    if (fd < 0)
-        return sn_fail(SN_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) != 0) {
-        close(fd);
-        return sn_fail(SN_ERR_IO, "%s: cannot stat: %s", path, strerror(errno));
-    }
-    f->size = (size_t)sb.st_size;
-    if (f->size < 8) {
-        close(fd);
-        return sn_fail(SN_ERR_FORMAT, "%s: truncated file: %zu bytes, too short for a safetensors header", path, f->size);
-    }
-    f->map = mmap(NULL, f->size, PROT_READ, MAP_PRIVATE, fd, 0);
-    close(fd);
-    if (f->map == MAP_FAILED) {
-        f->map = NULL;
-        return sn_fail(SN_ERR_IO, "%s: cannot map: %s", path, strerror(errno));
-    }
-    const unsigned char *b = f->map;
-    uint64_t hlen = 0;
-    for (int i = 7; i >= 0; i--)
-        hlen = hlen << 8 | b[i];
-    if (hlen > f->size - 8)
-        return sn_fail(SN_ERR_FORMAT, "%s: truncated file: the header says %llu bytes but only %zu follow",
-                       path, (unsigned long long)hlen, f->size - 8);
-    json_error_t jerr;
-    json_t *hdr = json_loadb((const char *)b + 8, (size_t)hlen, JSON_REJECT_DUPLICATES, &jerr);
-    if (!hdr)
-        return sn_fail(SN_ERR_FORMAT, "%s: malformed header JSON at line %d column %d: %s", path,
-                       jerr.line, jerr.column, jerr.text);
-    sn_status st = SN_OK;
-    if (!json_is_object(hdr)) {
-        st = sn_fail(SN_ERR_FORMAT, "%s: the header is not a JSON object", path);
-        goto out;
-    }
-    size_t data_size = f->size - 8 - (size_t)hlen;
-    f->tensors = calloc(json_object_size(hdr) + 1, sizeof *f->tensors);
-    if (!f->tensors) {
-        st = sn_fail(SN_ERR_NOMEM, "out of memory");
-        goto out;
-    }
-    const char *name;
-    json_t *e;
-    json_object_foreach(hdr, name, e) {
-        if (strcmp(name, "__metadata__") == 0)
-            continue;
-        json_t *dt = json_object_get(e, "dtype"), *shape = json_object_get(e, "shape"),
-               *offs = json_object_get(e, "data_offsets");
-        if (!json_is_object(e) || !json_is_string(dt) || !json_is_array(shape) || !json_is_array(offs) ||
-            json_array_size(offs) != 2) {
-            st = sn_fail(SN_ERR_FORMAT, "%s: tensor '%s': header entry lacks dtype, shape or data_offsets", path, name);
-            goto out;
-        }
-        sn_tensor *t = &f->tensors[f->n];
-        const char *d = json_string_value(dt);
-        if (strcmp(d, "F32") == 0) t->dtype = SN_DTYPE_F32;
-        else if (strcmp(d, "F16") == 0) t->dtype = SN_DTYPE_F16;
-        else if (strcmp(d, "BF16") == 0) t->dtype = SN_DTYPE_BF16;
-        else {
-            st = sn_fail(SN_ERR_UNSUPPORTED, "%s: tensor '%s' has dtype %s; Sensorium reads F32, F16 and BF16",
-                         path, name, d);
-            goto out;
-        }
-        if (json_array_size(shape) > 4) {
-            st = sn_fail(SN_ERR_UNSUPPORTED, "%s: tensor '%s' has %zu dimensions; at most 4 are supported",
-                         path, name, json_array_size(shape));
-            goto out;
-        }
-        uint64_t numel = 1;
-        t->ndim = (int)json_array_size(shape);
-        for (int k = 0; k < t->ndim; k++) {
-            json_t *v = json_array_get(shape, (size_t)k);
-            if (!json_is_integer(v) || json_integer_value(v) < 0 ||
-                (json_integer_value(v) > 0 && numel > UINT64_MAX / 8 / (uint64_t)json_integer_value(v))) {
-                st = sn_fail(SN_ERR_FORMAT, "%s: tensor '%s' has a bad shape", path, name);
-                goto out;
-            }
-            t->shape[k] = json_integer_value(v);
-            numel *= (uint64_t)t->shape[k];
-        }
-        json_t *o0 = json_array_get(offs, 0), *o1 = json_array_get(offs, 1);
-        if (!json_is_integer(o0) || !json_is_integer(o1) || json_integer_value(o0) < 0 ||
-            json_integer_value(o1) < json_integer_value(o0)) {
-            st = sn_fail(SN_ERR_FORMAT, "%s: tensor '%s' has bad data_offsets", path, name);
-            goto out;
-        }
-        uint64_t begin = (uint64_t)json_integer_value(o0), end = (uint64_t)json_integer_value(o1);
-        if (end - begin != numel * sn_dtype_size(t->dtype)) {
-            st = sn_fail(SN_ERR_FORMAT, "%s: tensor '%s' spans %llu bytes but its shape and dtype need %llu",
-                         path, name, (unsigned long long)(end - begin),
-                         (unsigned long long)(numel * sn_dtype_size(t->dtype)));
-            goto out;
-        }
-        if (end > data_size) {
-            st = sn_fail(SN_ERR_FORMAT, "%s: tensor '%s' ends at byte %llu, past the file's %zu bytes (truncated download?)",
-                         path, name, (unsigned long long)(8 + hlen + end), f->size);
-            goto out;
-        }
-        t->name = sn_strdup(name);
-        if (!t->name) {
-            st = sn_fail(SN_ERR_NOMEM, "out of memory");
-            goto out;
-        }
-        t->data = b + 8 + hlen + begin;
-        t->nbytes = (size_t)(end - begin);
-        t->file = f->path;
-        f->n++;
-    }
-out:
-    json_decref(hdr);
-    return st;
-}
-
-/* ---------------------------------------------------------------------------------------- */
 /* Configuration                                                                            */
 /* ---------------------------------------------------------------------------------------- */
 
-static sn_status cfg_int(json_t *o, const char *src, const char *key, int required, int32_t dflt,
-                         int32_t *out)
+/* A JSON value as it appears in the file, for "found ..." in messages. */
+static const char *shown(json_t *v, char *buf, size_t cap)
+{
+    char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+    snprintf(buf, cap, "%s", s ? s : "?");
+    free(s);
+    return buf;
+}
+
+/* o[key] as a positive int32: absent or null gives dflt, or an error when required. what
+ * names the key in messages ("rope_scaling.factor"). */
+static sn_status cfg_int(json_t *o, const char *src, const char *key, const char *what, int required,
+                         int32_t dflt, int32_t *out)
 {
     json_t *v = json_object_get(o, key);
     if (!v || json_is_null(v)) {
         if (required)
-            return sn_fail(SN_ERR_CONFIG, "%s: missing '%s'", src, key);
+            return sn_fail(SN_ERR_CONFIG, "%s: missing '%s'", src, what);
         *out = dflt;
         return SN_OK;
     }
+    char buf[64];
     if (!json_is_integer(v) || json_integer_value(v) <= 0 || json_integer_value(v) > INT32_MAX)
-        return sn_fail(SN_ERR_CONFIG, "%s: '%s' must be a positive integer", src, key);
+        return sn_fail(SN_ERR_CONFIG, "%s: '%s' must be a positive integer, found %s", src, what,
+                       shown(v, buf, sizeof buf));
     *out = (int32_t)json_integer_value(v);
     return SN_OK;
 }
 
-static sn_status cfg_num(json_t *o, const char *src, const char *key, double dflt, float *out)
+/* o[key] as a positive number (integer or real). */
+static sn_status cfg_num(json_t *o, const char *src, const char *key, const char *what, int required,
+                         double dflt, float *out)
 {
     json_t *v = json_object_get(o, key);
     if (!v || json_is_null(v)) {
+        if (required)
+            return sn_fail(SN_ERR_CONFIG, "%s: missing '%s'", src, what);
         *out = (float)dflt;
         return SN_OK;
     }
-    if (!json_is_number(v) || !(json_number_value(v) > 0))
-        return sn_fail(SN_ERR_CONFIG, "%s: '%s' must be a positive number", src, key);
+    char buf[64];
+    if (!json_is_number(v) || !(json_number_value(v) > 0) || !((float)json_number_value(v) > 0))
+        return sn_fail(SN_ERR_CONFIG, "%s: '%s' must be a positive number, found %s", src, what,
+                       shown(v, buf, sizeof buf));
     *out = (float)json_number_value(v);
     return SN_OK;
 }
 
-sn_status sn_model_config_parse(json_t *o, const char *src, sn_model_config *c)
+/* o[key] as a boolean; absent or null is false. */
+static sn_status cfg_bool(json_t *o, const char *src, const char *key, int *out)
 {
-    memset(c, 0, sizeof *c);
-    if (!json_is_object(o))
-        return sn_fail(SN_ERR_CONFIG, "%s: the architecture must be a JSON object", src);
+    json_t *v = json_object_get(o, key);
+    char buf[64];
+    if (v && !json_is_null(v) && !json_is_boolean(v))
+        return sn_fail(SN_ERR_CONFIG, "%s: '%s' must be true or false, found %s", src, key, shown(v, buf, sizeof buf));
+    *out = v && json_is_true(v);
+    return SN_OK;
+}
+
+/* Keys of other architectures that change the computation: refused rather than ignored, so
+ * that a model this engine would run wrongly never loads. */
+static sn_status cfg_refuse_variants(json_t *o, const char *src)
+{
     json_t *mt = json_object_get(o, "model_type");
-    if (mt && json_is_string(mt) && strcmp(json_string_value(mt), "llama") != 0 &&
-        strcmp(json_string_value(mt), "mistral") != 0 && strcmp(json_string_value(mt), "qwen2") != 0)
-        return sn_fail(SN_ERR_UNSUPPORTED, "%s: model_type '%s' is not a Llama-family model", src,
-                       json_string_value(mt));
+    if (mt && !json_is_null(mt)) {
+        const char *t = json_is_string(mt) ? json_string_value(mt) : "";
+        json_t *sw = json_object_get(o, "sliding_window");
+        if (strcmp(t, "mistral") == 0 && sw && !json_is_null(sw))
+            return sn_fail(SN_ERR_UNSUPPORTED, "%s: a Mistral model with a sliding window; Sensorium attends over "
+                                               "the whole context (set \"sliding_window\": null if it was trained so)",
+                           src);
+        if (strcmp(t, "llama") != 0 && strcmp(t, "mistral") != 0)
+            return sn_fail(SN_ERR_UNSUPPORTED, "%s: model_type '%s' is not one Sensorium runs (llama, mistral)", src,
+                           json_is_string(mt) ? t : "(not a string)");
+    }
+    json_t *act = json_object_get(o, "hidden_act");
+    if (act && !json_is_null(act) && !(json_is_string(act) && strcmp(json_string_value(act), "silu") == 0))
+        return sn_fail(SN_ERR_UNSUPPORTED, "%s: hidden_act must be \"silu\" (SwiGLU)", src);
+    int bias;
     sn_status st;
-    if ((st = cfg_int(o, src, "vocab_size", 1, 0, &c->vocab_size)) ||
-        (st = cfg_int(o, src, "hidden_size", 1, 0, &c->hidden)) ||
-        (st = cfg_int(o, src, "intermediate_size", 1, 0, &c->intermediate)) ||
-        (st = cfg_int(o, src, "num_hidden_layers", 1, 0, &c->n_layers)) ||
-        (st = cfg_int(o, src, "num_attention_heads", 1, 0, &c->n_heads)) ||
-        (st = cfg_int(o, src, "num_key_value_heads", 0, c->n_heads, &c->n_kv_heads)) ||
-        (st = cfg_int(o, src, "max_position_embeddings", 0, 2048, &c->max_positions)))
+    if ((st = cfg_bool(o, src, "attention_bias", &bias)) != SN_OK)
         return st;
-    if (c->hidden % c->n_heads && !json_object_get(o, "head_dim"))
+    if (bias)
+        return sn_fail(SN_ERR_UNSUPPORTED, "%s: attention_bias is true; Sensorium's Llama has no biases", src);
+    if ((st = cfg_bool(o, src, "mlp_bias", &bias)) != SN_OK)
+        return st;
+    if (bias)
+        return sn_fail(SN_ERR_UNSUPPORTED, "%s: mlp_bias is true; Sensorium's Llama has no biases", src);
+    return SN_OK;
+}
+
+/* rope_theta and the frequency scaling: "rope_scaling" (config.json of transformers 4) or
+ * "rope_parameters" (transformers 5, which moves rope_theta inside it). */
+static sn_status cfg_rope(json_t *o, const char *src, sn_model_config *c)
+{
+    const char *block_name = "rope_parameters";
+    json_t *rs = json_object_get(o, block_name);
+    if (!rs || json_is_null(rs)) {
+        block_name = "rope_scaling";
+        rs = json_object_get(o, block_name);
+    }
+    if (rs && json_is_null(rs))
+        rs = NULL;
+    if (rs && !json_is_object(rs))
+        return sn_fail(SN_ERR_CONFIG, "%s: '%s' must be an object or null", src, block_name);
+    sn_status st;
+    json_t *theta_home = rs && json_object_get(rs, "rope_theta") ? rs : o;
+    if ((st = cfg_num(theta_home, src, "rope_theta", "rope_theta", 0, 10000.0, &c->rope_theta)) != SN_OK)
+        return st;
+    json_t *prf = rs ? json_object_get(rs, "partial_rotary_factor") : NULL;
+    if (!prf)
+        prf = json_object_get(o, "partial_rotary_factor");
+    if (prf && !json_is_null(prf) && !(json_is_number(prf) && json_number_value(prf) == 1.0))
+        return sn_fail(SN_ERR_UNSUPPORTED, "%s: partial_rotary_factor other than 1 is not supported", src);
+    if (!rs)
+        return SN_OK;
+    json_t *type = json_object_get(rs, "rope_type");
+    if (!type)
+        type = json_object_get(rs, "type");
+    const char *t = json_is_string(type) ? json_string_value(type) : type ? "(not a string)" : "default";
+    if (strcmp(t, "default") == 0)
+        return SN_OK;
+    if (strcmp(t, "llama3") != 0)
+        return sn_fail(SN_ERR_UNSUPPORTED, "%s: %s type '%s' is not supported (only llama3 or none)", src, block_name,
+                       t);
+    char what[4][64];
+    snprintf(what[0], sizeof what[0], "%s.factor", block_name);
+    snprintf(what[1], sizeof what[1], "%s.low_freq_factor", block_name);
+    snprintf(what[2], sizeof what[2], "%s.high_freq_factor", block_name);
+    snprintf(what[3], sizeof what[3], "%s.original_max_position_embeddings", block_name);
+    c->rope_llama3 = 1;
+    /* the original context defaults to max_position_embeddings, as in transformers */
+    if ((st = cfg_num(rs, src, "factor", what[0], 1, 0, &c->rope_factor)) ||
+        (st = cfg_num(rs, src, "low_freq_factor", what[1], 1, 0, &c->rope_low_freq_factor)) ||
+        (st = cfg_num(rs, src, "high_freq_factor", what[2], 1, 0, &c->rope_high_freq_factor)) ||
+        (st = cfg_int(rs, src, "original_max_position_embeddings", what[3], 0, c->max_positions,
+                      &c->rope_original_max_positions)))
+        return st;
+    if (!(c->rope_high_freq_factor > c->rope_low_freq_factor))
+        return sn_fail(SN_ERR_CONFIG, "%s: %s.high_freq_factor (%g) must exceed low_freq_factor (%g)", src, block_name,
+                       (double)c->rope_high_freq_factor, (double)c->rope_low_freq_factor);
+    return SN_OK;
+}
+
+sn_status sn_model_config_parse(json_t *obj, const char *source, sn_model_config *out)
+{
+    sn_model_config c;
+    memset(&c, 0, sizeof c);
+    memset(out, 0, sizeof *out);
+    if (!json_is_object(obj))
+        return sn_fail(SN_ERR_CONFIG, "%s: the architecture must be a JSON object", source);
+    sn_status st;
+    if ((st = cfg_refuse_variants(obj, source)) ||
+        (st = cfg_int(obj, source, "vocab_size", "vocab_size", 1, 0, &c.vocab_size)) ||
+        (st = cfg_int(obj, source, "hidden_size", "hidden_size", 1, 0, &c.hidden)) ||
+        (st = cfg_int(obj, source, "intermediate_size", "intermediate_size", 1, 0, &c.intermediate)) ||
+        (st = cfg_int(obj, source, "num_hidden_layers", "num_hidden_layers", 1, 0, &c.n_layers)) ||
+        (st = cfg_int(obj, source, "num_attention_heads", "num_attention_heads", 1, 0, &c.n_heads)) ||
+        (st = cfg_int(obj, source, "num_key_value_heads", "num_key_value_heads", 0, c.n_heads, &c.n_kv_heads)) ||
+        (st = cfg_int(obj, source, "max_position_embeddings", "max_position_embeddings", 0, 2048,
+                      &c.max_positions)))
+        return st;
+    json_t *hd = json_object_get(obj, "head_dim");
+    if ((!hd || json_is_null(hd)) && c.hidden % c.n_heads)
         return sn_fail(SN_ERR_CONFIG, "%s: hidden_size %d is not a multiple of num_attention_heads %d (give head_dim)",
-                       src, c->hidden, c->n_heads);
-    if ((st = cfg_int(o, src, "head_dim", 0, c->hidden / c->n_heads, &c->head_dim)) ||
-        (st = cfg_num(o, src, "rms_norm_eps", 1e-6, &c->rms_eps)) ||
-        (st = cfg_num(o, src, "rope_theta", 10000.0, &c->rope_theta)))
+                       source, c.hidden, c.n_heads);
+    if ((st = cfg_int(obj, source, "head_dim", "head_dim", 0, c.hidden / c.n_heads, &c.head_dim)) ||
+        (st = cfg_num(obj, source, "rms_norm_eps", "rms_norm_eps", 0, 1e-6, &c.rms_eps)) ||
+        (st = cfg_bool(obj, source, "tie_word_embeddings", &c.tie_embeddings)) ||
+        (st = cfg_rope(obj, source, &c)))
         return st;
-    if (c->n_heads % c->n_kv_heads)
-        return sn_fail(SN_ERR_CONFIG, "%s: num_attention_heads %d is not a multiple of num_key_value_heads %d",
-                       src, c->n_heads, c->n_kv_heads);
-    if (c->head_dim % 2)
-        return sn_fail(SN_ERR_CONFIG, "%s: head_dim %d is odd; rotary embeddings need pairs", src, c->head_dim);
-    json_t *tie = json_object_get(o, "tie_word_embeddings");
-    if (tie && !json_is_boolean(tie))
-        return sn_fail(SN_ERR_CONFIG, "%s: 'tie_word_embeddings' must be true or false", src);
-    c->tie_embeddings = tie && json_is_true(tie);
-    json_t *rs = json_object_get(o, "rope_scaling");
-    if (rs && !json_is_null(rs)) {
-        json_t *type = json_object_get(rs, "rope_type");
-        if (!type)
-            type = json_object_get(rs, "type");
-        if (!json_is_string(type) || strcmp(json_string_value(type), "llama3") != 0)
-            return sn_fail(SN_ERR_UNSUPPORTED, "%s: rope_scaling type %s is not supported (only llama3)", src,
-                           json_is_string(type) ? json_string_value(type) : "(missing)");
-        c->rope_llama3 = 1;
-        if ((st = cfg_num(rs, src, "factor", 8.0, &c->rope_factor)) ||
-            (st = cfg_num(rs, src, "low_freq_factor", 1.0, &c->rope_low_freq_factor)) ||
-            (st = cfg_num(rs, src, "high_freq_factor", 4.0, &c->rope_high_freq_factor)) ||
-            (st = cfg_int(rs, src, "original_max_position_embeddings", 0, 8192, &c->rope_original_max_positions)))
-            return st;
-        if (c->rope_high_freq_factor <= c->rope_low_freq_factor)
-            return sn_fail(SN_ERR_CONFIG, "%s: rope_scaling high_freq_factor must exceed low_freq_factor", src);
-    }
+    if (c.n_kv_heads > c.n_heads || c.n_heads % c.n_kv_heads)
+        return sn_fail(SN_ERR_CONFIG, "%s: num_attention_heads %d is not a multiple of num_key_value_heads %d", source,
+                       c.n_heads, c.n_kv_heads);
+    if (c.head_dim % 2)
+        return sn_fail(SN_ERR_CONFIG, "%s: head_dim %d is odd; rotary embeddings rotate pairs", source, c.head_dim);
+    *out = c;
     return SN_OK;
 }
 
 /* ---------------------------------------------------------------------------------------- */
-/* Binding                                                                                  */
+/* The model                                                                                */
 /* ---------------------------------------------------------------------------------------- */
 
-static const sn_tensor *find_tensor(const sn_model *m, const char *name)
-{
-    for (size_t f = 0; f < m->n_files; f++)
-        for (size_t i = 0; i < m->files[f].n; i++)
-            if (strcmp(m->files[f].tensors[i].name, name) == 0)
-                return &m->files[f].tensors[i];
-    return NULL;
-}
+struct sn_model {
+    sn_model_config cfg;
+    sn_st_file *files; /* (n_files) the mapped weights, kept until sn_model_close */
+    size_t n_files;
+    const sn_tensor *embed, *norm, *lm_head; /* point into files */
+    sn_layer_weights *layers;                /* (cfg.n_layers) owned */
+};
 
-/* The tensor name with shape (rows[, cols]) (cols 0: a vector). */
-static sn_status bind(const sn_model *m, const char *where, const char *name, int64_t rows,
-                      int64_t cols, const sn_tensor **out)
-{
-    const sn_tensor *t = find_tensor(m, name);
-    if (!t)
-        return sn_fail(SN_ERR_FORMAT, "%s: missing tensor '%s'", where, name);
-    int ok = cols ? (t->ndim == 2 && t->shape[0] == rows && t->shape[1] == cols)
-                  : (t->ndim == 1 && t->shape[0] == rows);
-    if (!ok) {
-        char got[96] = "";
-        for (int k = 0; k < t->ndim; k++)
-            snprintf(got + strlen(got), sizeof got - strlen(got), "%s%lld", k ? ", " : "", (long long)t->shape[k]);
-        if (cols)
-            return sn_fail(SN_ERR_FORMAT, "%s: tensor '%s' has shape (%s), the configuration implies (%lld, %lld)",
-                           t->file, name, got, (long long)rows, (long long)cols);
-        return sn_fail(SN_ERR_FORMAT, "%s: tensor '%s' has shape (%s), the configuration implies (%lld)",
-                       t->file, name, got, (long long)rows);
-    }
-    *out = t;
-    return SN_OK;
-}
-
-static sn_status bind_all(sn_model *m, const char *where)
-{
-    const sn_model_config *c = &m->cfg;
-    const int64_t H = c->hidden, q = (int64_t)c->n_heads * c->head_dim, kv = (int64_t)c->n_kv_heads * c->head_dim;
-    sn_status st;
-    if ((st = bind(m, where, "model.embed_tokens.weight", c->vocab_size, H, &m->embed)) ||
-        (st = bind(m, where, "model.norm.weight", H, 0, &m->norm)))
-        return st;
-    if (c->tie_embeddings)
-        m->lm_head = m->embed;
-    else if ((st = bind(m, where, "lm_head.weight", c->vocab_size, H, &m->lm_head)))
-        return st;
-    m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
-    if (!m->layers)
-        return sn_fail(SN_ERR_NOMEM, "out of memory");
-    for (int32_t l = 0; l < c->n_layers; l++) {
-        sn_layer_weights *w = &m->layers[l];
-        char n[128];
-#define BIND(field, suffix, rows, cols)                                          \
-    snprintf(n, sizeof n, "model.layers.%d.%s.weight", l, suffix);               \
-    if ((st = bind(m, where, n, rows, cols, &w->field)) != SN_OK)                \
-        return st;
-        BIND(attn_norm, "input_layernorm", H, 0)
-        BIND(wq, "self_attn.q_proj", q, H)
-        BIND(wk, "self_attn.k_proj", kv, H)
-        BIND(wv, "self_attn.v_proj", kv, H)
-        BIND(wo, "self_attn.o_proj", H, q)
-        BIND(ffn_norm, "post_attention_layernorm", H, 0)
-        BIND(w_gate, "mlp.gate_proj", c->intermediate, H)
-        BIND(w_up, "mlp.up_proj", c->intermediate, H)
-        BIND(w_down, "mlp.down_proj", H, c->intermediate)
-#undef BIND
-    }
-    return SN_OK;
-}
-
-/* Maps the files of the weights entry: one .safetensors, or an index naming the shards. */
-static sn_status open_weights(sn_model *m, const char *dir, const char *weights)
-{
-    sn_str path = {0};
-    sn_status st = sn_str_printf(&path, "%s/%s", dir, weights);
-    if (st != SN_OK)
-        return st;
-    size_t len = strlen(weights);
-    if (len > 5 && strcmp(weights + len - 5, ".json") == 0) {
-        json_error_t jerr;
-        json_t *idx = json_load_file(path.s, JSON_REJECT_DUPLICATES, &jerr);
-        if (!idx) {
-            st = sn_fail(SN_ERR_FORMAT, "%s:%d:%d: %s", path.s, jerr.line, jerr.column, jerr.text);
-            goto out;
-        }
-        json_t *map = json_object_get(idx, "weight_map");
-        if (!json_is_object(map)) {
-            st = sn_fail(SN_ERR_FORMAT, "%s: no 'weight_map' object", path.s);
-            json_decref(idx);
-            goto out;
-        }
-        /* distinct shard names, in first-seen order */
-        const char *tname;
-        json_t *shard;
-        m->files = calloc(json_object_size(map) + 1, sizeof *m->files);
-        if (!m->files) {
-            json_decref(idx);
-            st = sn_fail(SN_ERR_NOMEM, "out of memory");
-            goto out;
-        }
-        json_object_foreach(map, tname, shard) {
-            if (!json_is_string(shard)) {
-                st = sn_fail(SN_ERR_FORMAT, "%s: weight_map['%s'] is not a file name", path.s, tname);
-                break;
-            }
-            sn_str sp = {0};
-            if ((st = sn_str_printf(&sp, "%s/%s", dir, json_string_value(shard))) != SN_OK)
-                break;
-            int seen = 0;
-            for (size_t f = 0; f < m->n_files && !seen; f++)
-                seen = strcmp(m->files[f].path, sp.s) == 0;
-            if (!seen) {
-                st = st_open(sp.s, &m->files[m->n_files]);
-                m->n_files++;
-            }
-            sn_str_free(&sp);
-            if (st != SN_OK)
-                break;
-        }
-        json_decref(idx);
-    } else {
-        m->files = calloc(1, sizeof *m->files);
-        if (!m->files) {
-            st = sn_fail(SN_ERR_NOMEM, "out of memory");
-            goto out;
-        }
-        m->n_files = 1;
-        st = st_open(path.s, &m->files[0]);
-    }
-out:
-    sn_str_free(&path);
-    return st;
-}
-
-sn_status sn_model_open(const char *dir, sn_model **out)
-{
-    sn_clear_error();
-    *out = NULL;
-    sn_model *m = calloc(1, sizeof *m);
-    if (!m)
-        return sn_fail(SN_ERR_NOMEM, "out of memory");
-    sn_str path = {0};
-    sn_status st = sn_str_printf(&path, "%s/sensorium.json", dir);
-    json_t *root = NULL;
-    const char *weights = NULL;
-    char where[1024];
-    if (st != SN_OK)
-        goto fail;
-    FILE *probe = fopen(path.s, "rb");
-    json_error_t jerr;
-    if (probe) {
-        fclose(probe);
-        if (!(root = json_load_file(path.s, JSON_REJECT_DUPLICATES, &jerr))) {
-            st = sn_fail(SN_ERR_FORMAT, "%s:%d:%d: malformed JSON: %s", path.s, jerr.line, jerr.column, jerr.text);
-            goto fail;
-        }
-        json_t *arch = json_object_get(root, "architecture");
-        json_t *w = json_object_get(root, "weights");
-        if (!arch) {
-            st = sn_fail(SN_ERR_CONFIG, "%s: no architecture: this manifest describes only a vocabulary layout", path.s);
-            goto fail;
-        }
-        if (!json_is_string(w)) {
-            st = sn_fail(SN_ERR_CONFIG, "%s: 'weights' must name a .safetensors file or an index .json", path.s);
-            goto fail;
-        }
-        if ((st = sn_model_config_parse(arch, path.s, &m->cfg)) != SN_OK)
-            goto fail;
-        weights = json_string_value(w);
-    } else {
-        sn_str_free(&path);
-        if ((st = sn_str_printf(&path, "%s/config.json", dir)) != SN_OK)
-            goto fail;
-        if (!(root = json_load_file(path.s, JSON_REJECT_DUPLICATES, &jerr))) {
-            probe = fopen(path.s, "rb");
-            if (!probe)
-                st = sn_fail(SN_ERR_NOT_FOUND, "%s: no sensorium.json or config.json: not a model folder", dir);
-            else {
-                fclose(probe);
-                st = sn_fail(SN_ERR_FORMAT, "%s:%d:%d: malformed JSON: %s", path.s, jerr.line, jerr.column, jerr.text);
-            }
-            goto fail;
-        }
-        if ((st = sn_model_config_parse(root, path.s, &m->cfg)) != SN_OK)
-            goto fail;
-        sn_str idx = {0};
-        if ((st = sn_str_printf(&idx, "%s/model.safetensors.index.json", dir)) != SN_OK)
-            goto fail;
-        probe = fopen(idx.s, "rb");
-        sn_str_free(&idx);
-        if (probe)
-            fclose(probe);
-        weights = probe ? "model.safetensors.index.json" : "model.safetensors";
-    }
-    snprintf(where, sizeof where, "%s/%s", dir, weights);
-    if ((st = open_weights(m, dir, weights)) != SN_OK || (st = bind_all(m, where)) != SN_OK)
-        goto fail;
-    json_decref(root);
-    sn_str_free(&path);
-    *out = m;
-    return SN_OK;
-fail:
-    json_decref(root);
-    sn_str_free(&path);
-    sn_model_close(m);
-    return st;
-}
+/* What binding needs to know while the model opens. */
+typedef struct loader {
+    sn_model *m;
+    const char *config_path;  /* config.json or sensorium.json, for shape messages */
+    const char *weights_path; /* the .safetensors file or the index */
+    json_t *weight_map;       /* the index's tensor -> shard, or NULL for one file (borrowed) */
+    const char **shards;      /* (m->n_files) the index's name of each file (borrowed) */
+} loader;
 
 void sn_model_close(sn_model *m)
 {
     if (!m)
         return;
     for (size_t f = 0; f < m->n_files; f++)
-        st_close(&m->files[f]);
+        sn_st_close(&m->files[f]);
     free(m->files);
     free(m->layers);
     free(m);
+}
+
+static int file_exists(const char *path)
+{
+    struct stat sb;
+    return stat(path, &sb) == 0;
+}
+
+/* The tensor where the weights place it: the one file, or the shard the index names. */
+static sn_status find(const loader *ld, const char *name, const char *hint, const sn_tensor **out)
+{
+    const sn_model *m = ld->m;
+    if (!ld->weight_map) {
+        if ((*out = sn_st_find(&m->files[0], name)))
+            return SN_OK;
+        return sn_fail(SN_ERR_FORMAT, "%s: missing tensor '%s'%s", m->files[0].path, name, hint);
+    }
+    json_t *shard = json_object_get(ld->weight_map, name);
+    if (!shard)
+        return sn_fail(SN_ERR_FORMAT, "%s: missing tensor '%s' (not in its weight_map)%s", ld->weights_path, name,
+                       hint);
+    for (size_t f = 0; f < m->n_files; f++)
+        if (strcmp(ld->shards[f], json_string_value(shard)) == 0) {
+            if ((*out = sn_st_find(&m->files[f], name)))
+                return SN_OK;
+            return sn_fail(SN_ERR_FORMAT, "%s: missing tensor '%s' (%s places it in this shard)", m->files[f].path,
+                           name, ld->weights_path);
+        }
+    return sn_fail(SN_ERR_INTERNAL, "%s: shard '%s' was not opened", ld->weights_path, json_string_value(shard));
+}
+
+/* Binds name, which must have the shape (d0[, d1]) (d1 0: a vector). */
+static sn_status bind(const loader *ld, const char *name, int64_t d0, int64_t d1, const char *hint,
+                      const sn_tensor **out)
+{
+    const sn_tensor *t;
+    sn_status st = find(ld, name, hint, &t);
+    if (st != SN_OK)
+        return st;
+    int ndim = d1 ? 2 : 1;
+    if (t->ndim != ndim || t->shape[0] != d0 || (d1 && t->shape[1] != d1)) {
+        char found[128] = "(", want[64];
+        for (int k = 0; k < t->ndim; k++)
+            snprintf(found + strlen(found), sizeof found - strlen(found), "%s%lld", k ? ", " : "",
+                     (long long)t->shape[k]);
+        strcat(found, ")");
+        if (d1)
+            snprintf(want, sizeof want, "(%lld, %lld)", (long long)d0, (long long)d1);
+        else
+            snprintf(want, sizeof want, "(%lld)", (long long)d0);
+        return sn_fail(SN_ERR_FORMAT, "%s: tensor '%s' has shape %s but %s implies %s", t->file, name, found,
+                       ld->config_path, want);
+    }
+    *out = t;
+    return SN_OK;
+}
+
+static sn_status bind_all(const loader *ld)
+{
+    sn_model *m = ld->m;
+    const sn_model_config *c = &m->cfg;
+    const int64_t H = c->hidden, I = c->intermediate, Q = (int64_t)c->n_heads * c->head_dim,
+                  KV = (int64_t)c->n_kv_heads * c->head_dim;
+    sn_status st;
+    if ((st = bind(ld, "model.embed_tokens.weight", c->vocab_size, H, "", &m->embed)) ||
+        (st = bind(ld, "model.norm.weight", H, 0, "", &m->norm)))
+        return st;
+    /* Tied: the embedding is the head, even where a checkpoint also stores a copy of it. */
+    if (c->tie_embeddings)
+        m->lm_head = m->embed;
+    else if ((st = bind(ld, "lm_head.weight", c->vocab_size, H, " (tie_word_embeddings is false)", &m->lm_head)))
+        return st;
+    if (!(m->layers = calloc((size_t)c->n_layers, sizeof *m->layers)))
+        return sn_fail(SN_ERR_NOMEM, "out of memory");
+    const struct {
+        const char *suffix;
+        size_t offset;
+        int64_t d0, d1;
+    } slots[] = {
+        {"input_layernorm", offsetof(sn_layer_weights, attn_norm), H, 0},
+        {"self_attn.q_proj", offsetof(sn_layer_weights, wq), Q, H},
+        {"self_attn.k_proj", offsetof(sn_layer_weights, wk), KV, H},
+        {"self_attn.v_proj", offsetof(sn_layer_weights, wv), KV, H},
+        {"self_attn.o_proj", offsetof(sn_layer_weights, wo), H, Q},
+        {"post_attention_layernorm", offsetof(sn_layer_weights, ffn_norm), H, 0},
+        {"mlp.gate_proj", offsetof(sn_layer_weights, w_gate), I, H},
+        {"mlp.up_proj", offsetof(sn_layer_weights, w_up), I, H},
+        {"mlp.down_proj", offsetof(sn_layer_weights, w_down), H, I},
+    };
+    for (int32_t l = 0; l < c->n_layers; l++)
+        for (size_t s = 0; s < sizeof slots / sizeof *slots; s++) {
+            char name[160];
+            snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, slots[s].suffix);
+            const sn_tensor **slot = (const sn_tensor **)((char *)&m->layers[l] + slots[s].offset);
+            if ((st = bind(ld, name, slots[s].d0, slots[s].d1, "", slot)) != SN_OK)
+                return st;
+        }
+    return SN_OK;
+}
+
+static int is_bound(const sn_model *m, const sn_tensor *t)
+{
+    if (t == m->embed || t == m->norm || t == m->lm_head)
+        return 1;
+    for (int32_t l = 0; l < m->cfg.n_layers; l++) {
+        const sn_layer_weights *w = &m->layers[l];
+        if (t == w->attn_norm || t == w->wq || t == w->wk || t == w->wv || t == w->wo || t == w->ffn_norm ||
+            t == w->w_gate || t == w->w_up || t == w->w_down)
+            return 1;
+    }
+    return 0;
+}
+
+/* Extra tensors (rotary caches, a tied model's stored head) are harmless: one log line. */
+static void log_unused(const sn_model *m, const char *dir)
+{
+    size_t unused = 0;
+    const char *first = NULL;
+    for (size_t f = 0; f < m->n_files; f++)
+        for (size_t i = 0; i < m->files[f].n; i++) {
+            const sn_tensor *t = &m->files[f].tensors[i];
+            if (is_bound(m, t) || (m->cfg.tie_embeddings && strcmp(t->name, "lm_head.weight") == 0))
+                continue;
+            if (!unused++)
+                first = t->name;
+        }
+    if (!unused)
+        return;
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s: %zu tensor%s the model does not use, ignored (first: '%s')", dir, unused,
+             unused == 1 ? "" : "s", first);
+    sn_log_emit(SN_LOG_INFO, "model", msg);
+}
+
+/* Maps the distinct shards an index names, in order of first mention. */
+static sn_status open_shards(loader *ld, const char *dir, json_t *index)
+{
+    sn_model *m = ld->m;
+    json_t *map = json_is_object(index) ? json_object_get(index, "weight_map") : NULL;
+    if (!json_is_object(map))
+        return sn_fail(SN_ERR_FORMAT, "%s: no \"weight_map\" object (tensor name -> shard file)", ld->weights_path);
+    ld->weight_map = map;
+    size_t cap = json_object_size(map) + 1;
+    m->files = calloc(cap, sizeof *m->files);
+    ld->shards = calloc(cap, sizeof *ld->shards);
+    if (!m->files || !ld->shards)
+        return sn_fail(SN_ERR_NOMEM, "out of memory");
+    const char *tname;
+    json_t *shard;
+    json_object_foreach(map, tname, shard) {
+        if (!json_is_string(shard) || !*json_string_value(shard))
+            return sn_fail(SN_ERR_FORMAT, "%s: weight_map['%s'] is not a file name", ld->weights_path, tname);
+        const char *s = json_string_value(shard);
+        int seen = 0;
+        for (size_t f = 0; f < m->n_files && !seen; f++)
+            seen = strcmp(ld->shards[f], s) == 0;
+        if (seen)
+            continue;
+        sn_str path = {0};
+        sn_status st = sn_str_printf(&path, "%s/%s", dir, s);
+        if (st == SN_OK)
+            st = sn_st_open(path.s, &m->files[m->n_files]);
+        sn_str_free(&path);
+        if (st == SN_ERR_NOT_FOUND) {
+            char msg[768];
+            snprintf(msg, sizeof msg, "%s", sn_errmsg());
+            return sn_fail(st, "%s (a shard named in %s)", msg, ld->weights_path);
+        }
+        if (st != SN_OK)
+            return st;
+        ld->shards[m->n_files++] = s;
+    }
+    return SN_OK;
+}
+
+/* Reads a JSON file (duplicate keys refused). */
+static sn_status load_json(const char *path, json_t **out)
+{
+    json_error_t jerr;
+    if ((*out = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr)))
+        return SN_OK;
+    if (json_error_code(&jerr) == json_error_cannot_open_file) {
+        int err = errno;
+        return sn_fail(err == ENOENT ? SN_ERR_NOT_FOUND : SN_ERR_IO, "%s: cannot open: %s", path, strerror(err));
+    }
+    return sn_fail(SN_ERR_FORMAT, "%s:%d:%d: malformed JSON: %s", path, jerr.line, jerr.column, jerr.text);
+}
+
+/* Maps what weights (relative to dir) names: one .safetensors file, or an index .json of
+ * shards. */
+static sn_status open_weights(loader *ld, const char *dir, const char *weights, json_t **index)
+{
+    sn_model *m = ld->m;
+    size_t len = strlen(weights);
+    if (len > 5 && strcmp(weights + len - 5, ".json") == 0) {
+        sn_status st = load_json(ld->weights_path, index);
+        return st != SN_OK ? st : open_shards(ld, dir, *index);
+    }
+    if (!(m->files = calloc(1, sizeof *m->files)))
+        return sn_fail(SN_ERR_NOMEM, "out of memory");
+    sn_status st = sn_st_open(ld->weights_path, &m->files[0]);
+    if (st != SN_OK)
+        return st;
+    m->n_files = 1;
+    return SN_OK;
+}
+
+sn_status sn_model_open(const char *dir, sn_model **out)
+{
+    sn_clear_error();
+    if (!dir || !out)
+        return sn_fail(SN_ERR_INVALID_ARG, "sn_model_open: dir and out must not be NULL");
+    *out = NULL;
+    sn_model *m = calloc(1, sizeof *m);
+    if (!m)
+        return sn_fail(SN_ERR_NOMEM, "out of memory");
+    loader ld = {.m = m};
+    sn_str config_path = {0}, weights_path = {0};
+    json_t *root = NULL, *index = NULL;
+    const char *weights;
+    sn_status st;
+
+    /* The layout: a manifest with an architecture, else a Hugging Face config.json. */
+    if ((st = sn_str_printf(&config_path, "%s/sensorium.json", dir)) != SN_OK)
+        goto done;
+    if (file_exists(config_path.s)) {
+        if ((st = load_json(config_path.s, &root)) != SN_OK)
+            goto done;
+        json_t *arch = json_is_object(root) ? json_object_get(root, "architecture") : NULL;
+        json_t *w = json_is_object(root) ? json_object_get(root, "weights") : NULL;
+        if (!arch) {
+            st = sn_fail(SN_ERR_CONFIG, "%s: no architecture: this manifest describes only a vocabulary layout",
+                         config_path.s);
+            goto done;
+        }
+        if ((st = sn_model_config_parse(arch, config_path.s, &m->cfg)) != SN_OK)
+            goto done;
+        if (!json_is_string(w) || !*json_string_value(w)) {
+            st = sn_fail(SN_ERR_CONFIG,
+                         "%s: \"weights\" must name the .safetensors file or its index .json, relative to the folder",
+                         config_path.s);
+            goto done;
+        }
+        weights = json_string_value(w);
+    } else {
+        struct stat sb;
+        if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+            st = sn_fail(SN_ERR_NOT_FOUND, "%s: no such model folder", dir);
+            goto done;
+        }
+        sn_str_free(&config_path);
+        if ((st = sn_str_printf(&config_path, "%s/config.json", dir)) != SN_OK)
+            goto done;
+        if (!file_exists(config_path.s)) {
+            st = sn_fail(SN_ERR_NOT_FOUND, "%s: neither sensorium.json nor config.json: not a model folder", dir);
+            goto done;
+        }
+        if ((st = load_json(config_path.s, &root)) != SN_OK ||
+            (st = sn_model_config_parse(root, config_path.s, &m->cfg)) != SN_OK)
+            goto done;
+        if ((st = sn_str_printf(&weights_path, "%s/model.safetensors.index.json", dir)) != SN_OK)
+            goto done;
+        weights = file_exists(weights_path.s) ? "model.safetensors.index.json" : "model.safetensors";
+        sn_str_free(&weights_path);
+        if ((st = sn_str_printf(&weights_path, "%s/%s", dir, weights)) != SN_OK)
+            goto done;
+        if (!file_exists(weights_path.s)) {
+            st = sn_fail(SN_ERR_NOT_FOUND, "%s: config.json but no model.safetensors or model.safetensors.index.json",
+                         dir);
+            goto done;
+        }
+        sn_str_free(&weights_path);
+    }
+
+    if ((st = sn_str_printf(&weights_path, "%s/%s", dir, weights)) != SN_OK)
+        goto done;
+    ld.config_path = config_path.s;
+    ld.weights_path = weights_path.s;
+    if ((st = open_weights(&ld, dir, weights, &index)) != SN_OK || (st = bind_all(&ld)) != SN_OK)
+        goto done;
+    log_unused(m, dir);
+done:
+    free(ld.shards);
+    json_decref(index);
+    json_decref(root);
+    sn_str_free(&weights_path);
+    sn_str_free(&config_path);
+    if (st != SN_OK) {
+        sn_model_close(m);
+        return st;
+    }
+    *out = m;
+    return SN_OK;
 }
 
 const sn_model_config *sn_model_config_of(const sn_model *m) { return &m->cfg; }
 const sn_tensor *sn_model_embed(const sn_model *m) { return m->embed; }
 const sn_tensor *sn_model_norm(const sn_model *m) { return m->norm; }
 const sn_tensor *sn_model_lm_head(const sn_model *m) { return m->lm_head; }
-const sn_layer_weights *sn_model_layer(const sn_model *m, int32_t layer) { return &m->layers[layer]; }
+
+const sn_layer_weights *sn_model_layer(const sn_model *m, int32_t layer)
+{
+    return layer >= 0 && layer < m->cfg.n_layers ? &m->layers[layer] : NULL;
+}

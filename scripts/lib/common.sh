@@ -6,7 +6,7 @@ SN_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # Debian packages the build and the tests need.
 SN_DEB_PACKAGES=(cmake ninja-build pkg-config gcc g++ libc6-dev
                  libjansson-dev libsndfile1-dev libpng-dev libcriterion-dev
-                 libsamplerate0-dev libfftw3-dev libopenblas-dev)
+                 libsamplerate0-dev libfftw3-dev libopenblas-dev libopenblas-openmp-dev)
 
 sn_log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 

@@ -2,16 +2,22 @@
 """llama_ref.py - an independent, plain float64 numpy forward pass of a Llama model: the
 reference the engine's CPU backend is tested against.
 
-Written from the model's definition, sharing no code with the engine or make_model.py:
-RMSNorm, rotary embeddings in Hugging Face's rotate_half layout (theta from the config,
-Llama 3 frequency scaling when configured), grouped-query causal attention, SwiGLU, tied or
-separate output embeddings. Reads config.json or sensorium.json's architecture and the
-safetensors file(s) itself.
+Written from the model's definition (Hugging Face transformers' LlamaForCausalLM), sharing no
+code with the engine or make_model.py:
+  x = embed[tokens]
+  per layer:  x += o_proj(attention(rope(q_proj(h)), rope(k_proj(h)), v_proj(h))),  h = rmsnorm(x)
+              x += down_proj(silu(gate_proj(h)) * up_proj(h)),                      h = rmsnorm(x)
+  logits = rmsnorm(x) @ head.T      (head: lm_head, or the embedding when tied)
+RMSNorm: x / sqrt(mean(x^2) + eps) * w. Rotary embeddings in Hugging Face's rotate_half
+layout (dimension i pairs with i + head_dim/2), theta from the config, Llama 3 frequency
+scaling when configured. Grouped-query attention: query head h reads key/value head
+h // (heads / kv_heads). Causal, scaled by 1/sqrt(head_dim).
 
 usage: llama_ref.py MODEL_DIR OUT.npy TOKEN [TOKEN ...]
        writes the logits of every position, float32, shape (T, vocab)
 """
 import json
+import math
 import os
 import sys
 
@@ -19,6 +25,8 @@ import numpy as np
 
 
 def read_safetensors(path):
+    """{name: float64 array} from one .safetensors file: an 8-byte little-endian header
+    length, a JSON header {name: {dtype, shape, data_offsets}}, then the data."""
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
         header = json.loads(f.read(n))
@@ -27,32 +35,37 @@ def read_safetensors(path):
     for name, e in header.items():
         if name == "__metadata__":
             continue
-        b, end = e["data_offsets"]
-        raw = data[b:end]
+        begin, end = e["data_offsets"]
+        raw = data[begin:end]
         if e["dtype"] == "F32":
             a = np.frombuffer(raw, "<f4")
         elif e["dtype"] == "F16":
             a = np.frombuffer(raw, "<f2")
-        elif e["dtype"] == "BF16":
+        elif e["dtype"] == "BF16":  # the top 16 bits of a float32
             a = (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32)
         else:
-            raise ValueError(f"{path}: dtype {e['dtype']}")
+            raise ValueError(f"{path}: tensor {name}: dtype {e['dtype']}")
         out[name] = a.astype(np.float64).reshape(e["shape"])
     return out
 
 
 def load(model_dir):
+    """(config dict, {tensor name: float64 array}) for either layout."""
     manifest = os.path.join(model_dir, "sensorium.json")
     if os.path.exists(manifest):
-        m = json.load(open(manifest))
+        with open(manifest) as f:
+            m = json.load(f)
         cfg, weights = m["architecture"], m["weights"]
     else:
-        cfg = json.load(open(os.path.join(model_dir, "config.json")))
-        idx = os.path.join(model_dir, "model.safetensors.index.json")
-        weights = "model.safetensors.index.json" if os.path.exists(idx) else "model.safetensors"
+        with open(os.path.join(model_dir, "config.json")) as f:
+            cfg = json.load(f)
+        index = "model.safetensors.index.json"
+        weights = index if os.path.exists(os.path.join(model_dir, index)) else "model.safetensors"
     w = {}
     if weights.endswith(".json"):
-        for shard in sorted(set(json.load(open(os.path.join(model_dir, weights)))["weight_map"].values())):
+        with open(os.path.join(model_dir, weights)) as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        for shard in shards:
             w.update(read_safetensors(os.path.join(model_dir, shard)))
     else:
         w = read_safetensors(os.path.join(model_dir, weights))
@@ -60,29 +73,36 @@ def load(model_dir):
 
 
 def inv_frequencies(cfg, hd):
-    theta = cfg.get("rope_theta", 10000.0)
+    """The rotary frequencies theta^(-2i/hd), i < hd/2, with Llama 3 scaling when configured:
+    wavelengths shorter than original/high_freq_factor are kept, longer than
+    original/low_freq_factor divided by factor, and in between interpolated."""
+    rs = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    theta = rs.get("rope_theta", cfg.get("rope_theta", 10000.0))
     inv = theta ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)
-    rs = cfg.get("rope_scaling")
-    if rs:
-        factor, lo, hi = rs["factor"], rs["low_freq_factor"], rs["high_freq_factor"]
-        old = rs["original_max_position_embeddings"]
-        wavelen = 2 * np.pi / inv
-        smooth = (old / wavelen - lo) / (hi - lo)
-        scaled = np.where(wavelen > old / lo, inv / factor, inv)
-        mid = (wavelen <= old / lo) & (wavelen >= old / hi)
-        scaled = np.where(mid, (1 - smooth) * inv / factor + smooth * inv, scaled)
-        inv = scaled
-    return inv
+    if rs.get("rope_type", rs.get("type", "default")) != "llama3":
+        return inv
+    factor, lo, hi = rs["factor"], rs["low_freq_factor"], rs["high_freq_factor"]
+    old = rs.get("original_max_position_embeddings", cfg.get("max_position_embeddings", 2048))
+    out = []
+    for f in inv:
+        wavelen = 2 * math.pi / f
+        if wavelen < old / hi:
+            out.append(f)
+        elif wavelen > old / lo:
+            out.append(f / factor)
+        else:
+            smooth = (old / wavelen - lo) / (hi - lo)
+            out.append((1 - smooth) * f / factor + smooth * f)
+    return np.array(out)
 
 
 def rope(x, pos, inv):
-    # x: (T, heads, hd); pairs (i, i + hd/2)
-    ang = pos[:, None] * inv[None, :]            # (T, hd/2)
-    cos = np.concatenate([np.cos(ang)] * 2, -1)[:, None, :]
-    sin = np.concatenate([np.sin(ang)] * 2, -1)[:, None, :]
+    """x: (T, heads, hd) rotated by angle pos * inv[i] in the plane of dims (i, i + hd/2)."""
     half = x.shape[-1] // 2
-    rot = np.concatenate([-x[..., half:], x[..., :half]], -1)
-    return x * cos + rot * sin
+    ang = pos[:, None] * inv[None, :]  # (T, hd/2)
+    cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
+    a, b = x[..., :half], x[..., half:]
+    return np.concatenate([a * cos - b * sin, b * cos + a * sin], -1)
 
 
 def rmsnorm(x, w, eps):
@@ -90,16 +110,16 @@ def rmsnorm(x, w, eps):
 
 
 def forward(cfg, w, tokens):
+    """Logits (T, vocab) of every position of tokens, float64."""
     H = cfg["hidden_size"]
     nh = cfg["num_attention_heads"]
-    nkv = cfg.get("num_key_value_heads", nh)
-    hd = cfg.get("head_dim", H // nh)
+    nkv = cfg.get("num_key_value_heads") or nh
+    hd = cfg.get("head_dim") or H // nh
     eps = cfg.get("rms_norm_eps", 1e-6)
     T = len(tokens)
     pos = np.arange(T, dtype=np.float64)
     inv = inv_frequencies(cfg, hd)
-    x = w["model.embed_tokens.weight"][tokens]
-    mask = np.triu(np.full((T, T), -np.inf), 1)
+    x = w["model.embed_tokens.weight"][tokens]  # (T, H)
     for l in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{l}."
         h = rmsnorm(x, w[p + "input_layernorm.weight"], eps)
@@ -110,10 +130,10 @@ def forward(cfg, w, tokens):
         out = np.zeros((T, nh, hd))
         for head in range(nh):
             g = head // (nh // nkv)
-            s = q[:, head, :] @ k[:, g, :].T / np.sqrt(hd) + mask
-            s = np.exp(s - s.max(-1, keepdims=True))
-            s /= s.sum(-1, keepdims=True)
-            out[:, head, :] = s @ v[:, g, :]
+            for t in range(T):  # position t attends to 0..t
+                s = k[: t + 1, g, :] @ q[t, head, :] / math.sqrt(hd)
+                s = np.exp(s - s.max())
+                out[t, head, :] = (s / s.sum()) @ v[: t + 1, g, :]
         x = x + out.reshape(T, nh * hd) @ w[p + "self_attn.o_proj.weight"].T
         h = rmsnorm(x, w[p + "post_attention_layernorm.weight"], eps)
         gate = h @ w[p + "mlp.gate_proj.weight"].T
@@ -125,6 +145,8 @@ def forward(cfg, w, tokens):
 
 
 def main():
+    if len(sys.argv) < 4:
+        sys.exit(__doc__.split("usage: ")[1])
     model_dir, out = sys.argv[1], sys.argv[2]
     tokens = [int(t) for t in sys.argv[3:]]
     cfg, w = load(model_dir)

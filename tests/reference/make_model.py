@@ -34,7 +34,9 @@ def encode(a, dtype):
 
 
 def write_safetensors(path, tensors, dtype):
-    header, blobs, off = {}, [], 0
+    """8-byte little-endian header length, the JSON header padded with spaces to a multiple of
+    8 (so every tensor's data stays aligned), then the tensors' bytes back to back."""
+    header, blobs, off = {"__metadata__": {"format": "pt"}}, [], 0
     for name, a in tensors:
         code, data = encode(a, dtype)
         header[name] = {"dtype": code, "shape": list(a.shape), "data_offsets": [off, off + len(data)]}
@@ -68,10 +70,16 @@ def main():
     p.add_argument("--shards", type=int, default=1)
     p.add_argument("--context", type=int, default=512)
     a = p.parse_args()
+    if a.heads % a.kv_heads:
+        p.error("--heads must be a multiple of --kv-heads")
+    if a.layout == "sensorium" and a.vocab < 264:
+        p.error("the sensorium layout's text.bytes segment covers ids 8..263: --vocab must be >= 264")
 
     rng = np.random.default_rng(a.seed)
     H, I, hd = a.hidden, a.intermediate, a.head_dim
 
+    # Linear weights ~ N(0, 1/fan_in) keep each projection's output at unit scale, and norm
+    # weights ~ 1, so activations stay O(1) whatever the width; the embedding is N(0, 1).
     def mat(rows, cols):
         return (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(np.float32)
 
@@ -93,8 +101,11 @@ def main():
     t.append(("model.norm.weight", norm(H)))
     if not a.tie:
         t.append(("lm_head.weight", mat(a.vocab, H)))
+    if not 1 <= a.shards <= len(t):
+        p.error(f"--shards must be between 1 and the number of tensors, {len(t)}")
 
-    arch = {"model_type": "llama", "vocab_size": a.vocab, "hidden_size": H,
+    arch = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+            "torch_dtype": {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}[a.dtype], "vocab_size": a.vocab, "hidden_size": H,
             "intermediate_size": I, "num_hidden_layers": a.layers, "num_attention_heads": a.heads,
             "num_key_value_heads": a.kv_heads, "head_dim": hd, "max_position_embeddings": a.context,
             "rms_norm_eps": 1e-5, "rope_theta": a.rope_theta, "tie_word_embeddings": a.tie}
@@ -104,15 +115,16 @@ def main():
     os.makedirs(a.out, exist_ok=True)
     if a.shards > 1:
         per = (len(t) + a.shards - 1) // a.shards
-        weight_map = {}
+        weight_map, total = {}, 0
         for s in range(a.shards):
             name = f"model-{s + 1:05d}-of-{a.shards:05d}.safetensors"
             part = t[s * per:(s + 1) * per]
             write_safetensors(os.path.join(a.out, name), part, a.dtype)
             weight_map.update({n: name for n, _ in part})
+            total += sum(len(encode(x, a.dtype)[1]) for _, x in part)
         weights = "model.safetensors.index.json"
         with open(os.path.join(a.out, weights), "w") as f:
-            json.dump({"metadata": {}, "weight_map": weight_map}, f)
+            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=1)
     else:
         weights = "model.safetensors"
         write_safetensors(os.path.join(a.out, weights), t, a.dtype)

@@ -77,6 +77,7 @@ static int ref_cmp(const void *a, const void *b)
  * the documented order, with a full sort. */
 static int ref_support(const float *logits, int V, const sn_sampling *s, uint8_t *keep)
 {
+    cr_assert_gt(V, 0);
     double *p = malloc((size_t)V * sizeof *p);
     int *order = malloc((size_t)V * sizeof *order);
     double mx = -INFINITY, sum = 0;
@@ -106,7 +107,8 @@ static int ref_support(const float *logits, int V, const sn_sampling *s, uint8_t
             }
         }
     }
-    memset(keep, 0, (size_t)V);
+    for (int i = 0; i < V; i++)
+        keep[i] = 0;
     double pmax = p[order[0]];
     int m = 0;
     for (int j = 0; j < n; j++)

@@ -9,6 +9,7 @@
  * file and the tensor; nothing is printed (an unused extra tensor is one log line).
  */
 #include <errno.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -87,7 +88,7 @@ void sn_convert_to_f32(sn_dtype dtype, const void *src, float *dst, size_t n)
 /* A JSON value as it appears in the file, for "found ..." in messages. */
 static const char *shown(json_t *v, char *buf, size_t cap)
 {
-    char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+    char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT | JSON_REAL_PRECISION(9));
     snprintf(buf, cap, "%s", s ? s : "?");
     free(s);
     return buf;
@@ -125,7 +126,9 @@ static sn_status cfg_num(json_t *o, const char *src, const char *key, const char
         return SN_OK;
     }
     char buf[64];
-    if (!json_is_number(v) || !(json_number_value(v) > 0) || !((float)json_number_value(v) > 0))
+    /* positive as a float too: neither underflowing to 0 nor overflowing to inf */
+    if (!json_is_number(v) || !(json_number_value(v) > 0) || !((float)json_number_value(v) > 0) ||
+        !isfinite((float)json_number_value(v)))
         return sn_fail(SN_ERR_CONFIG, "%s: '%s' must be a positive number, found %s", src, what,
                        shown(v, buf, sizeof buf));
     *out = (float)json_number_value(v);
@@ -554,9 +557,10 @@ sn_status sn_model_open(const char *dir, sn_model **out)
         if ((st = load_json(config_path.s, &root)) != SN_OK ||
             (st = sn_model_config_parse(root, config_path.s, &m->cfg)) != SN_OK)
             goto done;
-        if ((st = sn_str_printf(&weights_path, "%s/model.safetensors.index.json", dir)) != SN_OK)
+        /* the single file first, as transformers looks */
+        if ((st = sn_str_printf(&weights_path, "%s/model.safetensors", dir)) != SN_OK)
             goto done;
-        weights = file_exists(weights_path.s) ? "model.safetensors.index.json" : "model.safetensors";
+        weights = file_exists(weights_path.s) ? "model.safetensors" : "model.safetensors.index.json";
         sn_str_free(&weights_path);
         if ((st = sn_str_printf(&weights_path, "%s/%s", dir, weights)) != SN_OK)
             goto done;

@@ -117,8 +117,9 @@ static sn_status read_entry(const sn_st_file *f, const char *name, json_t *e, co
                        (unsigned long long)(end - begin), shp, sn_dtype_name(t->dtype), (unsigned long long)need);
     /* end <= 2^63 and data_start <= the file size, so the sum cannot wrap */
     if (end > data_size)
-        return sn_fail(SN_ERR_FORMAT, "%s: tensor '%s' ends at byte %llu, past the file's %zu bytes (truncated download?)",
-                       path, name, (unsigned long long)(data_start + end), f->size);
+        return sn_fail(SN_ERR_FORMAT,
+                       "%s: tensor '%s' ends at byte %llu, past the file's %zu bytes (truncated download?)", path,
+                       name, (unsigned long long)(data_start + end), f->size);
     t->data = data + begin;
     t->nbytes = (size_t)need;
     t->file = f->path;
@@ -168,7 +169,8 @@ static sn_status map_file(sn_st_file *f)
     }
     if (sb.st_size < 8) {
         close(fd);
-        return sn_fail(SN_ERR_FORMAT, "%s: truncated file: %lld bytes, too short for the 8-byte header length",
+        return sn_fail(SN_ERR_FORMAT,
+                       "%s: truncated file: %lld bytes, too short for the 8-byte header length (truncated download?)",
                        f->path, (long long)sb.st_size);
     }
     void *map = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
@@ -197,8 +199,9 @@ sn_status sn_st_open(const char *path, sn_st_file *f)
         hlen = hlen << 8 | b[i];
     if (hlen > f->size - 8) {
         st = sn_fail(SN_ERR_FORMAT,
-                     "%s: truncated file: the header length says %llu bytes but only %zu follow it (%zu bytes in all)",
-                     path, (unsigned long long)hlen, f->size - 8, f->size);
+                     "%s: truncated file: the header length says %llu bytes but only %zu follow it "
+                     "(truncated download?)",
+                     path, (unsigned long long)hlen, f->size - 8);
         sn_st_close(f);
         return st;
     }

@@ -59,8 +59,8 @@ def load(model_dir):
     else:
         with open(os.path.join(model_dir, "config.json")) as f:
             cfg = json.load(f)
-        index = "model.safetensors.index.json"
-        weights = index if os.path.exists(os.path.join(model_dir, index)) else "model.safetensors"
+        single = "model.safetensors"  # preferred to an index, as transformers does
+        weights = single if os.path.exists(os.path.join(model_dir, single)) else "model.safetensors.index.json"
     w = {}
     if weights.endswith(".json"):
         with open(os.path.join(model_dir, weights)) as f:

@@ -3,8 +3,10 @@
 
 Layouts: a Hugging Face folder (config.json + model.safetensors, or shards + index) or a
 Sensorium folder (sensorium.json with architecture, weights and a vocabulary layout whose
-text.bytes segment covers ids 8..263). The safetensors format is written here by hand
-(8-byte little-endian header length, JSON header, raw little-endian data), numpy only.
+text.bytes segment covers ids 8..263, so --vocab >= 264 there). The safetensors format is
+written here by hand (8-byte little-endian header length, JSON header, raw little-endian
+data), numpy only; BF16 is float32 rounded to nearest even. Shards are named as Hugging Face
+names them (model-00001-of-00003.safetensors) with a model.safetensors.index.json.
 
 usage: make_model.py OUT_DIR [--vocab 300] [--hidden 64] [--intermediate 96] [--layers 2]
        [--heads 4] [--kv-heads 2] [--head-dim 16] [--tie] [--rope-theta 10000]
@@ -104,8 +106,9 @@ def main():
     if not 1 <= a.shards <= len(t):
         p.error(f"--shards must be between 1 and the number of tensors, {len(t)}")
 
+    torch_dtype = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}[a.dtype]
     arch = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
-            "torch_dtype": {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}[a.dtype], "vocab_size": a.vocab, "hidden_size": H,
+            "torch_dtype": torch_dtype, "vocab_size": a.vocab, "hidden_size": H,
             "intermediate_size": I, "num_hidden_layers": a.layers, "num_attention_heads": a.heads,
             "num_key_value_heads": a.kv_heads, "head_dim": hd, "max_position_embeddings": a.context,
             "rms_norm_eps": 1e-5, "rope_theta": a.rope_theta, "tie_word_embeddings": a.tie}
@@ -114,11 +117,10 @@ def main():
                                 "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
     os.makedirs(a.out, exist_ok=True)
     if a.shards > 1:
-        per = (len(t) + a.shards - 1) // a.shards
         weight_map, total = {}, 0
-        for s in range(a.shards):
+        for s in range(a.shards):  # contiguous runs of tensors, none empty
             name = f"model-{s + 1:05d}-of-{a.shards:05d}.safetensors"
-            part = t[s * per:(s + 1) * per]
+            part = t[s * len(t) // a.shards:(s + 1) * len(t) // a.shards]
             write_safetensors(os.path.join(a.out, name), part, a.dtype)
             weight_map.update({n: name for n, _ in part})
             total += sum(len(encode(x, a.dtype)[1]) for _, x in part)
@@ -132,7 +134,6 @@ def main():
         with open(os.path.join(a.out, "config.json"), "w") as f:
             json.dump(arch, f, indent=1)
     else:
-        assert a.vocab >= 264, "the sensorium layout needs vocab >= 264"
         manifest = {"sensorium": 1, "name": "random test model", "architecture": arch, "weights": weights,
                     "vocab": {"size": a.vocab, "bos": 0, "eos": 1, "pad": 2,
                               "segments": [{"modality": "text", "plugin": "text.bytes", "start": 8,

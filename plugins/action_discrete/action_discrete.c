@@ -9,6 +9,8 @@
  */
 #include <sensorium/plugin.h>
 
+#include "plugin_util.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,9 +21,6 @@
 #define ENCODE_BATCH 256
 /* How many valid names an "unknown action" message lists. */
 #define NAMES_SHOWN 5
-
-#define HOST_HAS(host, field) \
-    ((host)->struct_size >= offsetof(sn_host, field) + sizeof((host)->field))
 
 typedef struct name_entry {
     const char *name;
@@ -48,76 +47,6 @@ struct sn_stream {
 /* ---------------------------------------------------------------------------------------- */
 /* Helpers                                                                                  */
 /* ---------------------------------------------------------------------------------------- */
-
-/* The length of the well-formed UTF-8 character at s (n bytes available), or 0. */
-static size_t utf8_char_len(const unsigned char *s, size_t n)
-{
-    unsigned char lo = 0x80, hi = 0xBF;
-    size_t len;
-    if (s[0] < 0x80)
-        return 1;
-    if (s[0] >= 0xC2 && s[0] <= 0xDF) {
-        len = 2;
-    } else if (s[0] >= 0xE0 && s[0] <= 0xEF) {
-        len = 3;
-        lo = s[0] == 0xE0 ? 0xA0 : 0x80;
-        hi = s[0] == 0xED ? 0x9F : 0xBF;
-    } else if (s[0] >= 0xF0 && s[0] <= 0xF4) {
-        len = 4;
-        lo = s[0] == 0xF0 ? 0x90 : 0x80;
-        hi = s[0] == 0xF4 ? 0x8F : 0xBF;
-    } else {
-        return 0;
-    }
-    if (n < len || s[1] < lo || s[1] > hi)
-        return 0;
-    for (size_t i = 2; i < len; i++)
-        if (s[i] < 0x80 || s[i] > 0xBF)
-            return 0;
-    return len;
-}
-
-/* Copies the n bytes at src into dst (cap >= 8) for an error message: control characters
- * and ill-formed bytes become \xHH so that the message stays one valid line, and what does
- * not fit ends in "...". */
-static void quote(char *dst, size_t cap, const char *src, size_t n)
-{
-    const unsigned char *s = (const unsigned char *)src;
-    size_t o = 0;
-    for (size_t i = 0; i < n;) {
-        size_t k = utf8_char_len(s + i, n - i);
-        char piece[8];
-        size_t plen;
-        if (k == 0 || (k == 1 && (s[i] < 0x20 || s[i] == 0x7F))) {
-            snprintf(piece, sizeof piece, "\\x%02X", s[i]);
-            plen = 4;
-            k = 1;
-        } else {
-            memcpy(piece, s + i, k);
-            plen = k;
-        }
-        if (o + plen + 4 > cap) {
-            memcpy(dst + o, "...", 3);
-            o += 3;
-            break;
-        }
-        memcpy(dst + o, piece, plen);
-        o += plen;
-        i += k;
-    }
-    dst[o] = '\0';
-}
-
-static const char *media_kind_name(sn_media_kind kind)
-{
-    switch (kind) {
-    case SN_MEDIA_TEXT: return "text";
-    case SN_MEDIA_AUDIO: return "audio";
-    case SN_MEDIA_IMAGE: return "image";
-    case SN_MEDIA_SERIES: return "series";
-    }
-    return "unknown";
-}
 
 static int name_char_ok(unsigned char c)
 {
@@ -184,7 +113,7 @@ static int name_ok(const char *name, size_t i, sn_plugin_error *err)
         return 0;
     }
     char q[MAX_NAME_LEN + 8];
-    quote(q, sizeof q, name, len);
+    sn_pu_quote(q, sizeof q, name, len);
     if (len > MAX_NAME_LEN) {
         sn_plugin_error_set(err, "config key 'actions'[%zu] \"%.60s\" is %zu bytes long; names may be at most %d",
                             i, q, len, MAX_NAME_LEN);
@@ -193,9 +122,9 @@ static int name_ok(const char *name, size_t i, sn_plugin_error *err)
     for (size_t k = 0; k < len; k++) {
         const unsigned char c = (unsigned char)name[k];
         if (!name_char_ok(c)) {
-            size_t clen = utf8_char_len((const unsigned char *)name + k, len - k);
+            size_t clen = sn_pu_utf8_char_len((const unsigned char *)name + k, len - k);
             char qc[24];
-            quote(qc, sizeof qc, name + k, clen ? clen : 1);
+            sn_pu_quote(qc, sizeof qc, name + k, clen ? clen : 1);
             sn_plugin_error_set(err, "config key 'actions'[%zu] \"%s\" contains '%s'; names may use only letters A-Z a-z, digits, '_', '.' and '-'",
                                 i, q, qc);
             return 0;
@@ -212,12 +141,12 @@ static sn_plugin_status ad_create(const sn_host *host, sn_instance **out, sn_plu
         return SN_PLUGIN_ERR_UNSUPPORTED;
     }
     /* A misspelt key must be an error, not a silently missing setting. */
-    if (HOST_HAS(host, config_key)) {
+    if (SN_PU_HOST_HAS(host, config_key)) {
         const char *key;
         for (size_t i = 0; (key = host->config_key(host, i)) != NULL; i++) {
             if (strcmp(key, "actions") != 0) {
                 char q[96];
-                quote(q, sizeof q, key, strlen(key));
+                sn_pu_quote(q, sizeof q, key, strlen(key));
                 sn_plugin_error_set(err, "unknown config key '%s': action.discrete takes only 'actions' (an array of names); remove or correct it",
                                     q);
                 return SN_PLUGIN_ERR_CONFIG;
@@ -372,7 +301,7 @@ static sn_plugin_status unknown_name(const sn_instance *inst, const char *word, 
                                      int cut, sn_plugin_error *err)
 {
     char q[100];
-    quote(q, sizeof q, word, len);
+    sn_pu_quote(q, sizeof q, word, len);
     char list[200];
     size_t o = 0, shown = 0;
     list[0] = '\0';
@@ -418,7 +347,7 @@ static sn_plugin_status ad_encode(sn_stream *st, const sn_media *media, const sn
 {
     if (media->kind != SN_MEDIA_TEXT) {
         sn_plugin_error_set(err, "got %s media (kind %d), but action.discrete encodes text listing action names only",
-                            media_kind_name(media->kind), (int)media->kind);
+                            sn_pu_media_kind_name(media->kind), (int)media->kind);
         return SN_PLUGIN_ERR_INVALID;
     }
     const char *p = media->text.utf8;

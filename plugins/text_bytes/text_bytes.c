@@ -12,6 +12,8 @@
  */
 #include <sensorium/plugin.h>
 
+#include "plugin_util.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -24,10 +26,6 @@
 /* The most one input byte can make final: U+FFFD for the character it cuts short, then
  * another U+FFFD for itself (a held 4-byte character completes with 4). */
 #define STEP_MAX 6
-
-/* A host-table field may be read only when the host's table is large enough to hold it. */
-#define HOST_HAS(host, field) \
-    ((host)->struct_size >= offsetof(sn_host, field) + sizeof((host)->field))
 
 static const unsigned char REPLACEMENT[3] = {0xEF, 0xBF, 0xBD}; /* U+FFFD */
 
@@ -121,67 +119,6 @@ static size_t utf8_step(utf8_state *s, unsigned char b, unsigned char *out)
     return n;
 }
 
-/* The length of the well-formed character at s (n bytes available), or 0 if there is none. */
-static size_t utf8_char_len(const unsigned char *s, size_t n)
-{
-    utf8_state st;
-    utf8_reset(&st);
-    if (s[0] < 0x80)
-        return 1;
-    if (!utf8_lead(&st, s[0]))
-        return 0;
-    size_t len = st.need + 1;
-    if (n < len)
-        return 0;
-    if (s[1] < st.lo || s[1] > st.hi)
-        return 0;
-    for (size_t i = 2; i < len; i++)
-        if (s[i] < 0x80 || s[i] > 0xBF)
-            return 0;
-    return len;
-}
-
-/* Copies s into dst (cap >= 8) for an error message: control characters and ill-formed bytes
- * become \xHH so that the message stays one valid line, and a long s ends in "...". */
-static void quote(char *dst, size_t cap, const char *src)
-{
-    const unsigned char *s = (const unsigned char *)src;
-    size_t n = strlen(src), o = 0;
-    for (size_t i = 0; i < n;) {
-        size_t k = utf8_char_len(s + i, n - i);
-        char piece[8];
-        size_t plen;
-        if (k == 0 || (k == 1 && (s[i] < 0x20 || s[i] == 0x7F))) {
-            snprintf(piece, sizeof piece, "\\x%02X", s[i]);
-            plen = 4;
-            k = 1;
-        } else {
-            memcpy(piece, s + i, k);
-            plen = k;
-        }
-        if (o + plen + 4 > cap) {
-            memcpy(dst + o, "...", 3);
-            o += 3;
-            break;
-        }
-        memcpy(dst + o, piece, plen);
-        o += plen;
-        i += k;
-    }
-    dst[o] = '\0';
-}
-
-static const char *media_kind_name(sn_media_kind kind)
-{
-    switch (kind) {
-    case SN_MEDIA_TEXT: return "text";
-    case SN_MEDIA_AUDIO: return "audio";
-    case SN_MEDIA_IMAGE: return "image";
-    case SN_MEDIA_SERIES: return "series";
-    }
-    return "unknown";
-}
-
 /* ---------------------------------------------------------------------------------------- */
 /* Lifecycle                                                                                */
 /* ---------------------------------------------------------------------------------------- */
@@ -194,11 +131,11 @@ static sn_plugin_status tb_create(const sn_host *host, sn_instance **out, sn_plu
         return SN_PLUGIN_ERR_UNSUPPORTED;
     }
     /* A misspelt key must not pass silently, and this plugin takes none at all. */
-    if (HOST_HAS(host, config_key)) {
+    if (SN_PU_HOST_HAS(host, config_key)) {
         const char *key = host->config_key(host, 0);
         if (key) {
             char q[96];
-            quote(q, sizeof q, key);
+            sn_pu_quote(q, sizeof q, key, strlen(key));
             sn_plugin_error_set(err, "unknown config key '%s': text.bytes takes no configuration; remove the key",
                                 q);
             return SN_PLUGIN_ERR_CONFIG;
@@ -256,8 +193,8 @@ static sn_plugin_status tb_encode(sn_stream *st, const sn_media *media, const sn
     (void)st;
     if (media->kind != SN_MEDIA_TEXT) {
         sn_plugin_error_set(err, "got %s media (kind %d), but text.bytes encodes text only; send it to a plugin for %s",
-                            media_kind_name(media->kind), (int)media->kind,
-                            media_kind_name(media->kind));
+                            sn_pu_media_kind_name(media->kind), (int)media->kind,
+                            sn_pu_media_kind_name(media->kind));
         return SN_PLUGIN_ERR_INVALID;
     }
     const unsigned char *p = (const unsigned char *)media->text.utf8;

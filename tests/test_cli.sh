@@ -80,5 +80,18 @@ sed 's/"start": 264/"start": 260/' "$src/models/demo/sensorium.json" >"$tmp/mode
 check vocab_overlap 1 'sensorium\.json: vocab\.segments\[1\] \(action\) ids 260\.\.262 overlap vocab\.segments\[0\] \(text\)' -- "$sn" vocab "$tmp/model"
 check vocab_missing 1 'no manifest here' -- "$sn" vocab "$tmp"
 
+# The engine through the CLI, on a small random model with the text layout.
+python3 "$src/tests/reference/make_model.py" "$tmp/llm" --layout sensorium --seed 3 >/dev/null
+check info 0 '2 layers, hidden 64, 4 heads \(2 KV\)' -- "$sn" info -m "$tmp/llm"
+check info_layout 0 '8\.\.263 +tokens +text +text\.bytes' -- "$sn" info -m "$tmp/llm"
+check run_raw 0 '^\{"generated": \[[0-9]+, [0-9]+, [0-9]+\]\}$' -- "$sn" run -m "$tmp/llm" --feed-tokens "0,3,72,4" --generate raw --max-tokens 3 --print-tokens
+check run_text 0 'generated [0-9]+ in .* stopped: (eos|max tokens)' -- "$sn" run -m "$tmp/llm" --feed text:"$tmp/text.txt" --generate text --max-tokens 40 --temperature 1 --seed 2
+check run_needs_model 2 'run: -m MODEL is required' -- "$sn" run --generate text
+check run_needs_generate 2 'say what to generate' -- "$sn" run -m "$tmp/llm" --feed text:"$tmp/text.txt"
+check run_unknown_modality 1 "no modality 'audio'" -- "$sn" run -m "$tmp/llm" --feed audio:"$tmp/text.txt" --generate text
+check run_bad_number 2 '--max-tokens needs a number' -- "$sn" run -m "$tmp/llm" --generate text --max-tokens many
+check run_cuda_without_gpu 1 'backend cuda' -- "$sn" run -m "$tmp/llm" --backend cuda --generate text
+check run_not_a_model 1 'not a model folder' -- "$sn" run -m "$tmp" --generate raw
+
 echo "$pass passed, $fail failed"
 [[ $fail -eq 0 ]]

@@ -9,6 +9,7 @@ cd "$SN_ROOT"
 sn_install_deps
 sn_install_python
 sn_fetch_testdata
+sn_fetch_smollm2
 
 jobs=$(nproc)
 sn_build "$SN_ROOT/build" -DSN_WERROR=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo

@@ -98,10 +98,20 @@ static void prompt(int32_t *t, size_t n, int32_t vocab, uint32_t seed)
     }
 }
 
-/* Feeds tokens one step at a time and checks the logits of every position. */
-static void check_model(const char *name, const char *args, int32_t vocab, int tp)
+/* Writes a GGUF with make_gguf.py ARGS as dir/NAME.gguf; returns its path (static buffer). */
+static const char *make_gguf(const char *name, const char *args)
 {
-    const char *model = make_model(name, args);
+    static char path[128];
+    snprintf(path, sizeof path, "%s/%s.gguf", dir, name);
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "python3 %s/tests/reference/make_gguf.py %s %s", SN_SOURCE_DIR, path, args);
+    cr_assert_eq(system(cmd), 0, "make_gguf.py failed: %s", cmd);
+    return path;
+}
+
+/* Feeds tokens one step at a time and checks the logits of every position. */
+static void check_logits(const char *model, const char *name, const char *args, int32_t vocab, int tp)
+{
     int32_t t[12];
     prompt(t, 12, vocab, 7);
     float *ref = reference(model, t, 12, vocab);
@@ -130,6 +140,27 @@ static void check_model(const char *name, const char *args, int32_t vocab, int t
     sn_session_close(s);
     sn_engine_close(e);
     free(ref);
+}
+
+static void check_model(const char *name, const char *args, int32_t vocab, int tp)
+{
+    check_logits(make_model(name, args), name, args, vocab, tp);
+}
+
+/* GGUF files: every ggml type the engine computes on (make_gguf.py cycles the projections
+ * through Q4_0, Q4_1, Q8_0, F16, BF16, F32), and the interleaved RoPE of llama.cpp's
+ * permuted Q/K rows; the reference dequantises with the gguf package and un-permutes. */
+static void check_gguf(const char *name, const char *args, int32_t vocab, int tp)
+{
+    check_logits(make_gguf(name, args), name, args, vocab, tp);
+}
+
+Test(engine, gguf_models_match_the_numpy_reference)
+{
+    check_gguf("gguf", "--seed 21", 96, 1);
+    check_gguf("gguf_tied", "--tie --seed 22 --layers 6", 96, 1);
+    check_gguf("gguf_gqa4", "--heads 8 --kv-heads 2 --seed 23", 96, 1);
+    check_gguf("gguf_tp2", "--ffn 256 --seed 24", 96, 2);
 }
 
 Test(engine, logits_match_the_numpy_reference)

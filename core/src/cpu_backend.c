@@ -14,6 +14,10 @@
  * F32 weights are used in place from the memory map: a shard's slice of a row-split matrix
  * (q, k, v, gate, up) is a pointer offset, and of a column-split one (o, down) a pointer
  * offset with the full row as leading dimension. F16/BF16 weights are converted once at open.
+ * Block-quantised weights (Q8_0, Q4_0, Q4_1 from GGUF files) stay quantised in the mapping:
+ * their matrix products dequantise one weight row at a time into a per-thread scratch row and
+ * take its dot products with every token of the batch, so each quantised byte is read once
+ * per step and the weights never exist as a float copy.
  */
 #include <cblas.h>
 #include <math.h>
@@ -27,10 +31,12 @@
 #include "backend.h"
 #include "kv_cache.h"
 
-/* A weight matrix as sgemm reads it: rows of `cols` floats, ld floats apart. */
+/* A weight matrix: rows ld elements apart, of dtype F32 (then sgemm reads it) or a block
+ * type (then p is the first block of the first row, and ld a multiple of the block). */
 typedef struct wview {
-    const float *p;
+    const void *p;
     int32_t ld;
+    sn_dtype dtype;
 } wview;
 
 typedef struct shard_layer {
@@ -70,6 +76,8 @@ typedef struct cpu_backend {
     float *x, *xn;        /* (T, hidden) residual stream and its norm */
     int32_t *pos, *slot, *run_of; /* (T) position, KV slot and run of each token */
     float *scores;        /* (threads, max_positions) attention scratch */
+    float *wrow;          /* (threads, wrow_len) dequantised weight rows */
+    int32_t wrow_len;     /* the longest weight row: hidden, intermediate or heads * head_dim */
     float *last;          /* (T, hidden) rows that need logits */
 } cpu_backend;
 
@@ -77,10 +85,21 @@ typedef struct cpu_backend {
 /* Weights                                                                                  */
 /* ---------------------------------------------------------------------------------------- */
 
-/* The tensor as f32: in place when it is F32, else a converted copy the backend owns. */
-static const float *as_f32(cpu_backend *b, const sn_tensor *t)
+/* A slice of a weight matrix of `ld` elements per row: rows from row0, columns from col0. */
+static wview slice(wview w, int64_t row0, int64_t col0)
 {
-    if (t->dtype == SN_DTYPE_F32)
+    const int32_t be = sn_dtype_block_elems(w.dtype);
+    const size_t row_bytes = (size_t)w.ld / (size_t)be * sn_dtype_size(w.dtype);
+    w.p = (const char *)w.p + (size_t)row0 * row_bytes + (size_t)(col0 / be) * sn_dtype_size(w.dtype);
+    return w;
+}
+
+/* The tensor as sgemm or the quantised kernels read it: in place when it is F32 or a block
+ * type, else (F16, BF16) a float32 copy the backend owns. NULL when out of memory. */
+static const void *weights_of(cpu_backend *b, const sn_tensor *t, sn_dtype *dtype)
+{
+    *dtype = t->dtype == SN_DTYPE_F16 || t->dtype == SN_DTYPE_BF16 ? SN_DTYPE_F32 : t->dtype;
+    if (t->dtype != SN_DTYPE_F16 && t->dtype != SN_DTYPE_BF16)
         return t->data;
     size_t n = t->nbytes / sn_dtype_size(t->dtype);
     float *f = malloc(n * sizeof *f);
@@ -117,38 +136,48 @@ static sn_status bind_weights(cpu_backend *b)
         const sn_layer_weights *w = sn_model_layer(b->model, l);
         sn_convert_to_f32(w->attn_norm->dtype, w->attn_norm->data, b->norms + (size_t)(2 * l) * H, (size_t)H);
         sn_convert_to_f32(w->ffn_norm->dtype, w->ffn_norm->data, b->norms + (size_t)(2 * l + 1) * H, (size_t)H);
-        const float *wq = as_f32(b, w->wq), *wk = as_f32(b, w->wk), *wv = as_f32(b, w->wv),
-                    *wo = as_f32(b, w->wo), *wg = as_f32(b, w->w_gate), *wu = as_f32(b, w->w_up),
-                    *wd = as_f32(b, w->w_down);
-        if (!wq || !wk || !wv || !wo || !wg || !wu || !wd)
+        wview wq = {.ld = H}, wk = {.ld = H}, wv = {.ld = H}, wo = {.ld = c->n_heads * hd},
+              wg = {.ld = H}, wu = {.ld = H}, wd = {.ld = c->intermediate};
+        wq.p = weights_of(b, w->wq, &wq.dtype);
+        wk.p = weights_of(b, w->wk, &wk.dtype);
+        wv.p = weights_of(b, w->wv, &wv.dtype);
+        wo.p = weights_of(b, w->wo, &wo.dtype);
+        wg.p = weights_of(b, w->w_gate, &wg.dtype);
+        wu.p = weights_of(b, w->w_up, &wu.dtype);
+        wd.p = weights_of(b, w->w_down, &wd.dtype);
+        if (!wq.p || !wk.p || !wv.p || !wo.p || !wg.p || !wu.p || !wd.p)
             return sn_fail(SN_ERR_NOMEM, "out of memory converting layer %d's weights to f32", l);
+        /* A shard's column slice of a quantised matrix must start on a block. */
+        if (b->tp > 1 && ((sn_dtype_block_elems(wo.dtype) > 1 && (c->n_heads / b->tp * hd) % sn_dtype_block_elems(wo.dtype)) ||
+                          (sn_dtype_block_elems(wd.dtype) > 1 && (c->intermediate / b->tp) % sn_dtype_block_elems(wd.dtype))))
+            return sn_fail(SN_ERR_CONFIG, "--tp %d splits layer %d's %s output and down projections inside their %d-element blocks",
+                           b->tp, l, sn_dtype_name(wo.dtype), sn_dtype_block_elems(wo.dtype));
         for (int32_t s = 0; s < b->tp; s++) {
             shard *sh = &b->shards[s];
             shard_layer *sl = &sh->layers[l];
-            sl->wq = (wview){wq + (size_t)sh->h0 * hd * H, H};
-            sl->wk = (wview){wk + (size_t)sh->kv0 * hd * H, H};
-            sl->wv = (wview){wv + (size_t)sh->kv0 * hd * H, H};
-            sl->wo = (wview){wo + (size_t)sh->h0 * hd, c->n_heads * hd};
-            sl->w_gate = (wview){wg + (size_t)sh->f0 * H, H};
-            sl->w_up = (wview){wu + (size_t)sh->f0 * H, H};
-            sl->w_down = (wview){wd + sh->f0, c->intermediate};
+            sl->wq = slice(wq, (int64_t)sh->h0 * hd, 0);
+            sl->wk = slice(wk, (int64_t)sh->kv0 * hd, 0);
+            sl->wv = slice(wv, (int64_t)sh->kv0 * hd, 0);
+            sl->wo = slice(wo, 0, (int64_t)sh->h0 * hd);
+            sl->w_gate = slice(wg, sh->f0, 0);
+            sl->w_up = slice(wu, sh->f0, 0);
+            sl->w_down = slice(wd, 0, sh->f0);
         }
     }
     float *fn = b->norms + (size_t)(2 * c->n_layers) * H;
     const sn_tensor *norm = sn_model_norm(b->model);
     sn_convert_to_f32(norm->dtype, norm->data, fn, (size_t)H);
     b->final_norm = fn;
-    const float *head = as_f32(b, sn_model_lm_head(b->model));
-    if (!head)
+    b->lm_head.ld = H;
+    if (!(b->lm_head.p = weights_of(b, sn_model_lm_head(b->model), &b->lm_head.dtype)))
         return sn_fail(SN_ERR_NOMEM, "out of memory converting the output embedding to f32");
-    b->lm_head = (wview){head, H};
     return SN_OK;
 }
 
 /* RoPE inverse frequencies theta^(-2i/d), with Llama 3's long-context scaling: frequencies
  * whose wavelength exceeds original_max/low_freq_factor are divided by factor, those shorter
  * than original_max/high_freq_factor kept, and those between interpolated. */
-static void rope_frequencies(const sn_model_config *c, float *inv_freq)
+static void rope_frequencies(const sn_model_config *c, const float *factors, float *inv_freq)
 {
     const int32_t half = c->head_dim / 2;
     for (int32_t i = 0; i < half; i++) {
@@ -165,6 +194,8 @@ static void rope_frequencies(const sn_model_config *c, float *inv_freq)
                 f = (1.0 - smooth) * f / c->rope_factor + smooth * f;
             }
         }
+        if (factors) /* a GGUF's precomputed Llama-3 divisors */
+            f /= factors[i];
         inv_freq[i] = (float)f;
     }
 }
@@ -203,6 +234,7 @@ static void cpu_close(sn_backend *base)
     free(b->slot);
     free(b->run_of);
     free(b->scores);
+    free(b->wrow);
     free(b->last);
     sn_kv_alloc_free(&b->kv);
     free(b);
@@ -286,9 +318,13 @@ static sn_status cpu_open(const sn_model *model, const sn_backend_opts *opts, sn
     b->slot = malloc((size_t)T * sizeof *b->slot);
     b->run_of = malloc((size_t)T * sizeof *b->run_of);
     b->scores = malloc((size_t)b->threads * (size_t)c->max_positions * sizeof *b->scores);
-    if (!b->inv_freq || !b->x || !b->xn || !b->last || !b->pos || !b->slot || !b->run_of || !b->scores)
+    b->wrow_len = H > c->intermediate ? H : c->intermediate;
+    if (c->n_heads * hd > b->wrow_len)
+        b->wrow_len = c->n_heads * hd;
+    b->wrow = malloc((size_t)b->threads * (size_t)b->wrow_len * sizeof *b->wrow);
+    if (!b->inv_freq || !b->x || !b->xn || !b->last || !b->pos || !b->slot || !b->run_of || !b->scores || !b->wrow)
         goto nomem;
-    rope_frequencies(c, b->inv_freq);
+    rope_frequencies(c, sn_model_rope_factors(model), b->inv_freq);
     if ((st = bind_weights(b)) != SN_OK)
         goto fail;
     *out = &b->base;
@@ -304,13 +340,58 @@ fail:
 /* The forward pass                                                                         */
 /* ---------------------------------------------------------------------------------------- */
 
+/* A dot product of n floats in 8 independent lanes, which the compiler turns into vector
+ * multiply-adds without reassociating a single sum. */
+static inline float dot(const float *a, const float *x, int32_t n)
+{
+    float lane[8] = {0};
+    int32_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int k = 0; k < 8; k++)
+            lane[k] += a[j + k] * x[j + k];
+    float s = 0.0f;
+    for (; j < n; j++)
+        s += a[j] * x[j];
+    for (int k = 0; k < 8; k++)
+        s += lane[k];
+    return s;
+}
+
+/* out (n, out_f) = x (n, in) . W^T for a block-quantised W: each thread dequantises a weight
+ * row into its scratch row once and takes its dot product with every token's x. */
+static void matmul_quant(cpu_backend *b, float *out, const float *x, int32_t n, int32_t in, wview w,
+                         int32_t out_f, float beta)
+{
+    const size_t row_bytes = (size_t)w.ld / (size_t)sn_dtype_block_elems(w.dtype) * sn_dtype_size(w.dtype);
+    const int32_t scratch = b->wrow_len;
+#pragma omp parallel
+    {
+#ifdef _OPENMP
+        float *wr = b->wrow + (size_t)omp_get_thread_num() * scratch;
+#else
+        float *wr = b->wrow;
+#endif
+#pragma omp for schedule(static)
+        for (int32_t r = 0; r < out_f; r++) {
+            sn_convert_to_f32(w.dtype, (const char *)w.p + (size_t)r * row_bytes, wr, (size_t)in);
+            for (int32_t i = 0; i < n; i++) {
+                float *o = &out[(size_t)i * out_f + r];
+                const float d = dot(wr, x + (size_t)i * in, in);
+                *o = beta != 0.0f ? beta * *o + d : d;
+            }
+        }
+    }
+}
+
 /* out (n, out_f) = x (n, in) . W^T, W a view of (out_f, in). One row is a matrix-vector
  * product: sgemv streams the weights once, where sgemm would first pack (copy) them, which
  * at batch 1 doubles the memory traffic that bounds decoding. */
-static void matmul(float *out, const float *x, int32_t n, int32_t in, wview w, int32_t out_f,
-                   float beta)
+static void matmul(cpu_backend *b, float *out, const float *x, int32_t n, int32_t in, wview w,
+                   int32_t out_f, float beta)
 {
-    if (n == 1)
+    if (w.dtype != SN_DTYPE_F32)
+        matmul_quant(b, out, x, n, in, w, out_f, beta);
+    else if (n == 1)
         cblas_sgemv(CblasRowMajor, CblasNoTrans, out_f, in, 1.0f, w.p, w.ld, x, 1, beta, out, 1);
     else
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out_f, in, 1.0f, x, in, w.p,
@@ -331,21 +412,22 @@ static void rmsnorm(float *out, const float *x, const float *weight, int32_t n, 
     }
 }
 
-/* Rotates each head of each row by its token's position (Hugging Face's rotate_half layout:
- * element i pairs with element i + head_dim/2). */
+/* Rotates each head of each row by its token's position. Pair j is (j, j + head_dim/2) in
+ * Hugging Face's rotate_half layout, (2j, 2j+1) in the interleaved one. */
 static void rope(float *x, int32_t n, int32_t heads, int32_t hd, const int32_t *pos,
-                 const float *inv_freq)
+                 const float *inv_freq, int interleaved)
 {
     const int32_t half = hd / 2;
+    const int32_t stride = interleaved ? 2 : 1, partner = interleaved ? 1 : half;
     for (int32_t i = 0; i < n; i++) {
         for (int32_t j = 0; j < half; j++) {
             float angle = (float)pos[i] * inv_freq[j];
             float c = cosf(angle), s = sinf(angle);
             for (int32_t h = 0; h < heads; h++) {
-                float *v = x + ((size_t)i * heads + h) * hd;
-                float a = v[j], bb = v[j + half];
-                v[j] = a * c - bb * s;
-                v[j + half] = bb * c + a * s;
+                float *v = x + ((size_t)i * heads + h) * hd + (size_t)j * stride;
+                float a = v[0], bb = v[partner];
+                v[0] = a * c - bb * s;
+                v[partner] = bb * c + a * s;
             }
         }
     }
@@ -420,7 +502,7 @@ static sn_status cpu_forward(sn_backend *base, const sn_batch *batch, float *log
 
     /* Positions, KV slots and the embedding of every token. */
     const sn_tensor *embed = sn_model_embed(b->model);
-    const size_t row_bytes = (size_t)H * sn_dtype_size(embed->dtype);
+    const size_t row_bytes = (size_t)(H / sn_dtype_block_elems(embed->dtype)) * sn_dtype_size(embed->dtype);
     for (int32_t r = 0; r < batch->n_seqs; r++) {
         const int32_t seq = batch->seq_ids[r];
         if (seq < 0 || seq >= b->kv.max_seqs)
@@ -446,11 +528,11 @@ static sn_status cpu_forward(sn_backend *base, const sn_batch *batch, float *log
         for (int32_t s = 0; s < b->tp; s++) {
             shard *sh = &b->shards[s];
             const shard_layer *w = &sh->layers[l];
-            matmul(sh->q, b->xn, n, H, w->wq, sh->nh * hd, 0.0f);
-            matmul(sh->k, b->xn, n, H, w->wk, sh->nkv * hd, 0.0f);
-            matmul(sh->v, b->xn, n, H, w->wv, sh->nkv * hd, 0.0f);
-            rope(sh->q, n, sh->nh, hd, b->pos, b->inv_freq);
-            rope(sh->k, n, sh->nkv, hd, b->pos, b->inv_freq);
+            matmul(b, sh->q, b->xn, n, H, w->wq, sh->nh * hd, 0.0f);
+            matmul(b, sh->k, b->xn, n, H, w->wk, sh->nkv * hd, 0.0f);
+            matmul(b, sh->v, b->xn, n, H, w->wv, sh->nkv * hd, 0.0f);
+            rope(sh->q, n, sh->nh, hd, b->pos, b->inv_freq, c->rope_interleaved);
+            rope(sh->k, n, sh->nkv, hd, b->pos, b->inv_freq, c->rope_interleaved);
             /* Store this batch's keys and values before attending: a prefill chunk attends to
              * its own earlier tokens through the cache, like every later step. */
             const size_t layer_off = (size_t)l * b->n_slots * sh->nkv * hd, kv_row = (size_t)sh->nkv * hd;
@@ -459,7 +541,7 @@ static sn_status cpu_forward(sn_backend *base, const sn_batch *batch, float *log
                 memcpy(sh->v_cache + layer_off + (size_t)b->slot[i] * kv_row, sh->v + (size_t)i * kv_row, kv_row * sizeof(float));
             }
             attention(b, sh, l, n, batch);
-            matmul(sh->partial, sh->att, n, sh->nh * hd, w->wo, H, 0.0f);
+            matmul(b, sh->partial, sh->att, n, sh->nh * hd, w->wo, H, 0.0f);
         }
         sum_partials(b, n);
 
@@ -467,14 +549,14 @@ static sn_status cpu_forward(sn_backend *base, const sn_batch *batch, float *log
         for (int32_t s = 0; s < b->tp; s++) {
             shard *sh = &b->shards[s];
             const shard_layer *w = &sh->layers[l];
-            matmul(sh->gate, b->xn, n, H, w->w_gate, sh->nf, 0.0f);
-            matmul(sh->up, b->xn, n, H, w->w_up, sh->nf, 0.0f);
+            matmul(b, sh->gate, b->xn, n, H, w->w_gate, sh->nf, 0.0f);
+            matmul(b, sh->up, b->xn, n, H, w->w_up, sh->nf, 0.0f);
             const size_t len = (size_t)n * sh->nf;
             for (size_t j = 0; j < len; j++) {
                 const float g = sh->gate[j];
                 sh->gate[j] = g / (1.0f + expf(-g)) * sh->up[j]; /* SwiGLU: silu(gate) * up */
             }
-            matmul(sh->partial, sh->gate, n, sh->nf, w->w_down, H, 0.0f);
+            matmul(b, sh->partial, sh->gate, n, sh->nf, w->w_down, H, 0.0f);
         }
         sum_partials(b, n);
     }
@@ -490,7 +572,7 @@ static sn_status cpu_forward(sn_backend *base, const sn_batch *batch, float *log
     }
     if (rows) {
         rmsnorm(b->xn, b->last, b->final_norm, rows, H, c->rms_eps);
-        matmul(logits, b->xn, rows, H, b->lm_head, c->vocab_size, 0.0f);
+        matmul(b, logits, b->xn, rows, H, b->lm_head, c->vocab_size, 0.0f);
     }
     return SN_OK;
 }

@@ -5,7 +5,12 @@
  * Stage of the pipeline: loading, before any backend. A backend receives an sn_model and
  * reads (or uploads) the tensors it needs; nothing here computes.
  *
- * Two layouts load:
+ * Three layouts load:
+ *   - a GGUF file (version 2 or 3, general.architecture "llama"): hyper-parameters from its
+ *     metadata, llama.cpp tensor names (token_embd, blk.N.attn_q, ..., output_norm, output),
+ *     F32/F16/BF16 and the Q8_0, Q4_0 and Q4_1 block quantisations, which the CPU backend
+ *     computes on directly. llama.cpp stores Q and K rows permuted for the interleaved RoPE
+ *     layout, so such a model sets rope_interleaved;
  *   - a Sensorium model folder: sensorium.json with an "architecture" object (the Hugging Face
  *     config.json keys below) and "weights" (a .safetensors file, or an index .json, relative
  *     to the folder);
@@ -25,7 +30,13 @@
 
 #include "internal.h"
 
-typedef enum sn_dtype { SN_DTYPE_F32 = 0, SN_DTYPE_F16 = 1, SN_DTYPE_BF16 = 2 } sn_dtype;
+/* Element types, and the ggml block quantisations of GGUF files: a block of 32 weights is a
+ * half-precision scale d (and for Q4_1 a minimum m) then 32 8-bit or 4-bit integers q, and
+ * the weight is d*q (Q8_0), d*(q-8) (Q4_0) or d*q+m (Q4_1). */
+typedef enum sn_dtype {
+    SN_DTYPE_F32 = 0, SN_DTYPE_F16 = 1, SN_DTYPE_BF16 = 2,
+    SN_DTYPE_Q8_0 = 3, SN_DTYPE_Q4_0 = 4, SN_DTYPE_Q4_1 = 5
+} sn_dtype;
 
 /* A tensor inside a mapped file. data points into the mapping; shape is row-major, with
  * shape[0] the slowest dimension (a Linear weight is (out_features, in_features)). */
@@ -57,6 +68,9 @@ typedef struct sn_model_config {
     int rope_llama3;
     float rope_factor, rope_low_freq_factor, rope_high_freq_factor;
     int32_t rope_original_max_positions;
+    /* Rotation pairs: 0 is Hugging Face's rotate_half (element i with i + head_dim/2), 1 is
+     * the interleaved layout (2i with 2i+1) that GGUF llama checkpoints are permuted for. */
+    int rope_interleaved;
 } sn_model_config;
 
 /* Reads the configuration from a parsed config.json object (or sensorium.json's
@@ -94,12 +108,21 @@ const sn_tensor *sn_model_embed(const sn_model *m);   /* (vocab, hidden) */
 const sn_tensor *sn_model_norm(const sn_model *m);    /* (hidden) */
 const sn_tensor *sn_model_lm_head(const sn_model *m); /* (vocab, hidden); the embedding when tied */
 const sn_layer_weights *sn_model_layer(const sn_model *m, int32_t layer);
+/* Llama-3 RoPE frequency divisors a GGUF carries as rope_freqs.weight (head_dim/2 floats),
+ * or NULL. */
+const float *sn_model_rope_factors(const sn_model *m);
+/* The GGUF file the model came from, or NULL for safetensors models. */
+const char *sn_model_gguf_path(const sn_model *m);
 
-/* Converts n elements of a tensor's dtype to float32 (the CPU backend's compute type). */
+/* Converts n elements of a tensor's dtype to float32 (the CPU backend's compute type); for a
+ * block type n is a multiple of the block and src starts at a block. Bit-identical to the
+ * gguf Python package's dequantisation. */
 void sn_convert_to_f32(sn_dtype dtype, const void *src, float *dst, size_t n);
 
-/* The size in bytes of one element. */
+/* The size in bytes of one element, or of one block for a block type; elements per block
+ * (1 for F32/F16/BF16, 32 for the Q types). A row of n elements is n / elems * size bytes. */
 size_t sn_dtype_size(sn_dtype dtype);
+int32_t sn_dtype_block_elems(sn_dtype dtype);
 const char *sn_dtype_name(sn_dtype dtype);
 
 #endif /* SN_MODEL_H */

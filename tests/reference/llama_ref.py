@@ -13,8 +13,16 @@ layout (dimension i pairs with i + head_dim/2), theta from the config, Llama 3 f
 scaling when configured. Grouped-query attention: query head h reads key/value head
 h // (heads / kv_heads). Causal, scaled by 1/sqrt(head_dim).
 
-usage: llama_ref.py MODEL_DIR OUT.npy TOKEN [TOKEN ...]
+GGUF files load through the gguf package (llama.cpp's own Python reader): every tensor is
+dequantised by gguf.quants.dequantize, renamed to Hugging Face's names, and the Q and K rows
+that llama.cpp's converter permuted for its interleaved rotary layout are permuted back, so
+the forward pass above runs unchanged.
+
+usage: llama_ref.py MODEL OUT.npy TOKEN [TOKEN ...]
        writes the logits of every position, float32, shape (T, vocab)
+       llama_ref.py --greedy N MODEL OUT.json TOKEN [TOKEN ...]
+       writes {"generated": [N ids], "margins": [top-1 minus top-2 logit at each step]}
+MODEL is a model folder or a .gguf file.
 """
 import json
 import math
@@ -49,8 +57,65 @@ def read_safetensors(path):
     return out
 
 
+GGUF_NAMES = {
+    "attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
+    "ffn_norm": "post_attention_layernorm", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+
+
+def unpermute(w, heads):
+    """Undoes llama.cpp's permutation of a Q or K matrix (rows grouped per head as
+    (2, hd/2) reshaped to (hd/2, 2)): back to rotate_half order."""
+    rows = w.shape[0]
+    return w.reshape(heads, rows // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def load_gguf(path):
+    """(config dict in Hugging Face's keys, {HF tensor name: float64 array}) of a GGUF."""
+    import gguf  # llama.cpp's reader, from PyPI
+
+    r = gguf.GGUFReader(path)
+    meta = {k: f.contents() for k, f in r.fields.items() if not k.startswith("tokenizer.")}
+    a = meta["general.architecture"]
+    nh = meta[f"{a}.attention.head_count"]
+    cfg = {
+        "hidden_size": meta[f"{a}.embedding_length"],
+        "num_attention_heads": nh,
+        "num_key_value_heads": meta.get(f"{a}.attention.head_count_kv", nh),
+        "num_hidden_layers": meta[f"{a}.block_count"],
+        "rms_norm_eps": meta[f"{a}.attention.layer_norm_rms_epsilon"],
+        "rope_theta": meta.get(f"{a}.rope.freq_base", 10000.0),
+    }
+    w = {}
+    for t in r.tensors:
+        x = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float64)
+        x = x.reshape([int(d) for d in reversed(t.shape)])  # ggml lists the fastest dim first
+        parts = t.name.split(".")
+        if parts[0] == "blk":
+            base = GGUF_NAMES[parts[2]]
+            if parts[2] == "attn_q":
+                x = unpermute(x, nh)
+            elif parts[2] == "attn_k":
+                x = unpermute(x, cfg["num_key_value_heads"])
+            w[f"model.layers.{parts[1]}.{base}.weight"] = x
+        elif t.name == "token_embd.weight":
+            w["model.embed_tokens.weight"] = x
+        elif t.name == "output_norm.weight":
+            w["model.norm.weight"] = x
+        elif t.name == "output.weight":
+            w["lm_head.weight"] = x
+        else:
+            raise ValueError(f"{path}: tensor {t.name} is not a Llama tensor")
+    cfg["tie_word_embeddings"] = "lm_head.weight" not in w
+    return cfg, w
+
+
 def load(model_dir):
-    """(config dict, {tensor name: float64 array}) for either layout."""
+    """(config dict, {tensor name: float64 array}) for either layout, or a GGUF file."""
+    if os.path.isfile(model_dir):
+        return load_gguf(model_dir)
     manifest = os.path.join(model_dir, "sensorium.json")
     if os.path.exists(manifest):
         with open(manifest) as f:
@@ -145,12 +210,26 @@ def forward(cfg, w, tokens):
 
 
 def main():
-    if len(sys.argv) < 4:
+    args = sys.argv[1:]
+    greedy = 0
+    if args[:1] == ["--greedy"] and len(args) > 1:
+        greedy, args = int(args[1]), args[2:]
+    if len(args) < 3:
         sys.exit(__doc__.split("usage: ")[1])
-    model_dir, out = sys.argv[1], sys.argv[2]
-    tokens = [int(t) for t in sys.argv[3:]]
+    model_dir, out = args[0], args[1]
+    tokens = [int(t) for t in args[2:]]
     cfg, w = load(model_dir)
-    np.save(out, forward(cfg, w, tokens).astype(np.float32))
+    if not greedy:
+        np.save(out, forward(cfg, w, tokens).astype(np.float32))
+        return
+    generated, margins = [], []
+    for _ in range(greedy):  # recomputed from scratch each step: plain, not fast
+        last = forward(cfg, w, tokens + generated)[-1]
+        top2 = np.sort(last)[-2:]
+        generated.append(int(np.argmax(last)))
+        margins.append(float(top2[1] - top2[0]))
+    with open(out, "w") as f:
+        json.dump({"generated": generated, "margins": margins}, f)
 
 
 if __name__ == "__main__":

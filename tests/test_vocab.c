@@ -198,9 +198,44 @@ Test(vocab, duplicate_modality)
 Test(vocab, misspelt_and_missing_keys)
 {
     expect_fail(edit("\"segments\"", "\"segmets\""), SN_ERR_VOCAB, "vocab: unknown key 'segmets'", NULL);
-    expect_fail(edit("\"begin\": 3, ", ""), SN_ERR_VOCAB, "vocab.segments[0]: missing required key 'begin'", NULL);
+    expect_fail(edit("\"begin\": 3, ", ""), SN_ERR_VOCAB, "vocab.segments[0] (text): give both markers 'begin' and 'end', or neither", NULL);
     expect_fail(edit("\"start\": 8", "\"start\": \"8\""), SN_ERR_VOCAB, "vocab.segments[0].start must be an integer", NULL);
     expect_fail(edit("\"sensorium\": 1", "\"sensorium\": 2"), SN_ERR_VOCAB, "manifest format 2", NULL);
+}
+
+/* A language model's layout: one open segment (no markers) over its vocabulary, with its
+ * control tokens as specials inside the range. */
+Test(vocab, an_open_segment_holds_specials_inside_its_range)
+{
+    /* The open segment 3..258 holds stop id 258; eos 1 and stop 2 are outside any range. */
+    char json[1024];
+    snprintf(json, sizeof json, "%s",
+             "{\"sensorium\": 1, \"vocab\": {\"size\": 259, \"eos\": 1, \"stop\": [2, 258],\n"
+             " \"segments\": [{\"modality\": \"text\", \"plugin\": \"text.bytes\", \"start\": 3, \"size\": 256}]}}\n");
+    write_manifest(json);
+    sn_vocab *v;
+    cr_assert_eq(sn_vocab_open(dir, ps, &v), SN_OK, "%s", sn_errmsg());
+    sn_vocab_segment seg;
+    cr_assert_eq(sn_vocab_segment_get(v, 0, &seg), SN_OK);
+    cr_expect_eq(seg.begin, -1);
+    cr_expect_eq(seg.end, -1);
+    cr_expect_eq(sn_vocab_lookup(v, 258).role, SN_TOKEN_EOS, "a stop id inside the open range is a stop");
+    cr_expect_eq(sn_vocab_lookup(v, 2).role, SN_TOKEN_EOS);
+    cr_expect_eq(sn_vocab_lookup(v, 257).role, SN_TOKEN_PLUGIN);
+    cr_expect_eq(sn_vocab_lookup(v, 257).local, 254);
+    cr_expect_eq(sn_vocab_special(v, SN_TOKEN_BOS), -1, "bos is optional");
+    sn_vocab_close(v);
+    /* Specials inside a closed segment's range are still a conflict, and one open segment
+     * is the most a layout has. */
+    expect_fail(edit("\"bos\": 0", "\"bos\": 100"), SN_ERR_VOCAB, "id 100 is claimed twice", NULL);
+    expect_fail("{\"sensorium\": 1, \"vocab\": {\"size\": 300, \"eos\": 1,\n"
+                " \"segments\": [{\"modality\": \"text\", \"plugin\": \"text.bytes\", \"start\": 3, \"size\": 256},\n"
+                "  {\"modality\": \"act\", \"plugin\": \"action.discrete\", \"start\": 260, \"size\": 1,\n"
+                "   \"config\": {\"actions\": [\"go\"]}}]}}\n",
+                SN_ERR_VOCAB, "vocab.segments[1] (act): a second segment without markers", NULL);
+    expect_fail("{\"sensorium\": 1, \"vocab\": {\"size\": 259, \"eos\": 1, \"stop\": [259],\n"
+                " \"segments\": [{\"modality\": \"text\", \"plugin\": \"text.bytes\", \"start\": 3, \"size\": 256}]}}\n",
+                SN_ERR_VOCAB, "vocab.stop[0] must be an id in 0..258", NULL);
 }
 
 Test(vocab, missing_manifest)

@@ -752,6 +752,7 @@ static const char run_help[] =
     "                     [--top-p P] [--min-p P] [--repetition-penalty R]\n"
     "                     [--sampling MODALITY:T,K,P,MINP,R] [--print-tokens] [-o DIR]\n"
     "                     [--backend auto|cpu|cuda] [--threads N] [--tp N] [--kv-mb MB]\n"
+    "                     [--prompt TEXT] [--chat TEXT [--system TEXT]] [--plain]\n"
     "\n"
     "Feeds stimuli (each tokenized by its modality's plugin as <begin:M> ... <end:M>) and raw\n"
     "token ids (comma- or space-separated, or an integer NPY file) in the order given, then\n"
@@ -759,10 +760,15 @@ static const char run_help[] =
     "modalities ('raw': any id, no automaton). Decoded actions print as JSON lines; audio and\n"
     "images are written to DIR (default .) as MODALITY-N.wav / MODALITY-N.png.\n"
     "--sampling sets one modality's parameters (temperature,top_k,top_p,min_p,penalty).\n"
-    "--print-tokens prints the generated ids as one JSON line. Greedy by default.\n";
+    "--print-tokens prints the generated ids as one JSON line. Greedy by default.\n"
+    "--prompt feeds TEXT to the 'text' modality; --chat feeds it as one user turn in a GGUF\n"
+    "model's chat template (after --system TEXT, else the template's default system prompt);\n"
+    "either makes 'text' the default --generate. --plain prints generated text as it comes\n"
+    "instead of JSON lines.\n";
 
 typedef struct run_out {
     const char *dir;
+    int plain;         /* text actions as plain text, not JSON lines */
     int n_audio, n_image;
     const char *audio_modality;
     float *audio;      /* concatenated audio of the current run, written at the end */
@@ -775,6 +781,11 @@ static int run_on_action(void *ctx, sn_session *s, const char *modality, const s
 {
     (void)s;
     run_out *ro = ctx;
+    if (ro->plain && a->kind == SN_ACTION_TEXT) {
+        fwrite(a->text.utf8, 1, a->text.len, stdout);
+        fflush(stdout);
+        return 0;
+    }
     json_t *j = json_object();
     json_object_set_new(j, "t", json_real(a->t));
     json_object_set_new(j, "modality", json_string(modality));
@@ -893,17 +904,21 @@ static int parse_sampling(const char *spec, sn_sampling_params *p)
     return 0;
 }
 
+typedef enum feed_kind { FEED_MEDIA, FEED_TOKENS, FEED_PROMPT, FEED_CHAT } feed_kind;
+
 typedef struct feed_item {
-    int tokens;       /* raw ids rather than a media file */
-    const char *arg;  /* MODALITY:FILE or the ids */
+    feed_kind kind;
+    const char *arg;  /* MODALITY:FILE, the ids, or the text */
 } feed_item;
 
 static int cmd_run(int argc, char **argv)
 {
     sn_engine_opts eo = sn_engine_opts_default();
     sn_session_opts so = sn_session_opts_default();
-    const char *generate = NULL, *out_dir = ".";
+    const char *generate = NULL, *out_dir = ".", *system_prompt = NULL;
     long max_tokens = 64, max_segments = 0;
+    sn_chat *chat = NULL;
+    int n_turns = 0;
     int print_tokens = 0;
     feed_item *feeds = calloc((size_t)argc, sizeof *feeds);
     const char **sampling_specs = calloc((size_t)argc, sizeof *sampling_specs);
@@ -925,6 +940,10 @@ static int cmd_run(int argc, char **argv)
             print_tokens = 1;
             continue;
         }
+        if (strcmp(a, "--plain") == 0) {
+            ro.plain = 1;
+            continue;
+        }
         if (!v) {
             rc = usage_error("run", "run: option '%s' %s", a, a[0] == '-' ? "needs a value or is unknown" : "is not an option");
             goto done;
@@ -933,8 +952,11 @@ static int cmd_run(int argc, char **argv)
         i++;
         if (strcmp(a, "-m") == 0 || strcmp(a, "--model") == 0) eo.model_dir = v;
         else if (strcmp(a, "--plugin-path") == 0) eo.plugin_path = v;
-        else if (strcmp(a, "--feed") == 0) feeds[n_feeds++] = (feed_item){0, v};
-        else if (strcmp(a, "--feed-tokens") == 0) feeds[n_feeds++] = (feed_item){1, v};
+        else if (strcmp(a, "--feed") == 0) feeds[n_feeds++] = (feed_item){FEED_MEDIA, v};
+        else if (strcmp(a, "--feed-tokens") == 0) feeds[n_feeds++] = (feed_item){FEED_TOKENS, v};
+        else if (strcmp(a, "--prompt") == 0) feeds[n_feeds++] = (feed_item){FEED_PROMPT, v};
+        else if (strcmp(a, "--chat") == 0) feeds[n_feeds++] = (feed_item){FEED_CHAT, v};
+        else if (strcmp(a, "--system") == 0) system_prompt = v;
         else if (strcmp(a, "--generate") == 0) generate = v;
         else if (strcmp(a, "-o") == 0 || strcmp(a, "--output") == 0) out_dir = v;
         else if (strcmp(a, "--backend") == 0) eo.backend = v;
@@ -994,7 +1016,24 @@ static int cmd_run(int argc, char **argv)
         }
     }
     for (int i = 0; i < n_feeds; i++) {
-        if (feeds[i].tokens) {
+        if (feeds[i].kind == FEED_PROMPT || feeds[i].kind == FEED_CHAT) {
+            if (!generate)
+                generate = "text";
+            sn_media m = {.kind = SN_MEDIA_TEXT, .text = {feeds[i].arg, strlen(feeds[i].arg)}};
+            sn_status st;
+            if (feeds[i].kind == FEED_PROMPT)
+                st = sn_session_feed(s, "text", &m);
+            else if (!chat && (st = sn_chat_open(eo.model_dir, &chat)) != SN_OK)
+                ;
+            else
+                st = sn_chat_feed_turn(chat, s, system_prompt, feeds[i].arg, n_turns++ == 0);
+            if (st != SN_OK) {
+                rc = lib_fail();
+                goto done;
+            }
+            continue;
+        }
+        if (feeds[i].kind == FEED_TOKENS) {
             int32_t *ids = NULL;
             size_t n = 0;
             if (parse_ids(feeds[i].arg, &ids, &n) != 0) {
@@ -1075,6 +1114,9 @@ static int cmd_run(int argc, char **argv)
     if (why == SN_STOP_ERROR || ro.failed)
         rc = EXIT_FAILURE;
 done:
+    if (ro.plain && rc == 0)
+        putchar('\n');
+    sn_chat_close(chat);
     free(ro.audio);
     free(feeds);
     free(sampling_specs);

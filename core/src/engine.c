@@ -181,7 +181,21 @@ sn_status sn_engine_open(const sn_engine_opts *opts, sn_engine **out)
         goto fail;
     e->cfg = sn_model_config_of(e->model);
     e->vocab_size = e->cfg->vocab_size;
-    if (has_layout(opts->model_dir)) {
+    if (sn_model_gguf_path(e->model)) {
+        /* A GGUF language model reads and writes text through its own tokenizer when the
+         * text.bpe plugin is there; without it (or without a tokenizer in the file) the
+         * engine still runs on raw ids, and says why once. */
+        if (sn_vocab_open(opts->model_dir, e->plugins, &e->vocab) != SN_OK) {
+            char msg[1024];
+            snprintf(msg, sizeof msg, "%s; raw token ids only", sn_errmsg());
+            sn_log_emit(SN_LOG_WARN, "engine", msg);
+            sn_clear_error();
+        } else if ((int32_t)sn_vocab_size(e->vocab) != e->vocab_size) {
+            st = sn_fail(SN_ERR_VOCAB, "%s: its tokenizer has %u tokens but token_embd.weight has %d rows",
+                         opts->model_dir, sn_vocab_size(e->vocab), e->vocab_size);
+            goto fail;
+        }
+    } else if (has_layout(opts->model_dir)) {
         if ((st = sn_vocab_open(opts->model_dir, e->plugins, &e->vocab)) != SN_OK)
             goto fail;
         if ((int32_t)sn_vocab_size(e->vocab) != e->vocab_size) {
@@ -444,16 +458,19 @@ sn_status sn_session_feed(sn_session *s, const char *modality, const sn_media *m
     if (st == SN_OK) {
         sn_vocab_segment vs;
         sn_vocab_segment_get(s->engine->vocab, (size_t)seg, &vs);
-        /* <begin:M> ids <end:M>, the local ids shifted into the segment's range */
-        size_t n = local.n + 2;
-        int32_t *ids = malloc(n * sizeof *ids);
+        /* <begin:M> ids <end:M>, the local ids shifted into the segment's range; an open
+         * segment has no markers */
+        const size_t m = vs.begin >= 0 ? 1 : 0, n = local.n + 2 * m;
+        int32_t *ids = malloc((n ? n : 1) * sizeof *ids);
         if (!ids)
             st = sn_fail(SN_ERR_NOMEM, "out of memory");
         else {
-            ids[0] = vs.begin;
             for (size_t i = 0; i < local.n; i++)
-                ids[i + 1] = (int32_t)vs.start + local.ids[i];
-            ids[n - 1] = vs.end;
+                ids[i + m] = (int32_t)vs.start + local.ids[i];
+            if (m) {
+                ids[0] = vs.begin;
+                ids[n - 1] = vs.end;
+            }
             st = append_tokens(s, ids, n);
             free(ids);
         }
@@ -474,10 +491,16 @@ sn_status sn_session_generate(sn_session *s, const char *const *modalities, size
         return sn_fail(SN_ERR_INVALID_ARG, "nothing to continue: feed the session first");
     size_t ns = n_segments(s->engine);
     memset(s->out_allowed, 0, ns ? ns : 1);
+    const long open_seg = sn_vocab_open_segment(s->engine->vocab);
+    int open_wanted = 0;
     for (size_t i = 0; i < n; i++) {
         long seg = find_modality(s, modalities[i]);
         if (seg < 0)
             return SN_ERR_NOT_FOUND;
+        if (seg == open_seg && n > 1)
+            return sn_fail(SN_ERR_UNSUPPORTED, "modality '%s' has no segment markers, so it is generated alone, not with others",
+                           modalities[i]);
+        open_wanted |= seg == open_seg;
         sn_plugin_instance *inst = sn_vocab_instance(s->engine->vocab, (size_t)seg);
         if (!(inst->rec->desc.kind & SN_PLUGIN_DECODER))
             return sn_fail(SN_ERR_UNSUPPORTED, "modality '%s' cannot be generated: its plugin %s has no decoder",
@@ -492,6 +515,10 @@ sn_status sn_session_generate(sn_session *s, const char *const *modalities, size
     s->max_segments = max_segments;
     s->segments_done = 0;
     s->inside = -1;
+    if (open_wanted) { /* no begin marker to sample: the stream is in the segment already */
+        s->inside = open_seg;
+        s->seg_content = s->n_tokens;
+    }
     /* Sampling needs the logits of the last position: if it is cached already, run it
      * again (its keys and values are rewritten with the same values). */
     s->n_wanted = (int32_t)s->n_tokens;
@@ -544,9 +571,10 @@ static sn_status build_mask(sn_session *s, const sn_sampling **params)
             sn_vocab_segment_get(e->vocab, i, &vs);
             set_bit(e->allowed, vs.begin);
         }
-        int32_t eos = sn_vocab_special(e->vocab, SN_TOKEN_EOS);
-        if (eos >= 0)
-            set_bit(e->allowed, eos);
+        size_t n_stops;
+        const int32_t *stops = sn_vocab_stops(e->vocab, &n_stops);
+        for (size_t k = 0; k < n_stops; k++)
+            set_bit(e->allowed, stops[k]);
         return SN_OK;
     }
     size_t seg = (size_t)s->inside;
@@ -565,12 +593,21 @@ static sn_status build_mask(sn_session *s, const sn_sampling **params)
                                    e->local_allowed, &may_end);
     if (st != SN_OK)
         return st;
-    /* Shift the plugin's bits into its global range. */
+    /* Shift the plugin's bits into its global range. An open segment's range holds special
+     * ids too: those are never the plugin's to allow; its stop ids end it instead. */
+    const int open = vs.begin < 0;
     for (uint32_t i = 0; i < vs.size; i++)
-        if (e->local_allowed[i / 64] >> (i % 64) & 1)
+        if ((e->local_allowed[i / 64] >> (i % 64) & 1) &&
+            (!open || sn_vocab_lookup(e->vocab, (int32_t)(vs.start + i)).role == SN_TOKEN_PLUGIN))
             set_bit(e->allowed, (int32_t)(vs.start + i));
-    if (may_end)
+    if (may_end && !open)
         set_bit(e->allowed, vs.end);
+    if (may_end && open) {
+        size_t n_stops;
+        const int32_t *stops = sn_vocab_stops(e->vocab, &n_stops);
+        for (size_t k = 0; k < n_stops; k++)
+            set_bit(e->allowed, stops[k]);
+    }
     return SN_OK;
 }
 
@@ -600,6 +637,9 @@ static sn_status end_segment(sn_session *s, action_route *route)
 {
     size_t seg = (size_t)s->inside;
     s->inside = -1;
+    sn_vocab_segment vs;
+    sn_vocab_segment_get(s->engine->vocab, seg, &vs);
+    route->modality = vs.modality;
     sn_stream *stream;
     sn_status st = session_stream(s, seg, &stream);
     if (st == SN_OK)
@@ -649,6 +689,11 @@ static void sample_next(sn_session *s, const float *logits)
     action_route route = {.s = s, .modality = vs.modality, .stop = 0};
     sn_status st = SN_OK;
     if (info.role == SN_TOKEN_EOS) {
+        /* A stop inside the open segment: its decoder flushes what it holds first. */
+        if (s->inside >= 0 && (st = end_segment(s, &route)) != SN_OK) {
+            session_fail(s);
+            return;
+        }
         session_stop(s, SN_STOP_EOS);
         return;
     } else if (info.role == SN_TOKEN_BEGIN) {

@@ -12,7 +12,9 @@
  *     "sensorium": 1,
  *     "name": "demo",                       (optional)
  *     "vocab": {
- *       "size": 268, "bos": 0, "eos": 1, "pad": 2,          (pad optional)
+ *       "size": 268, "bos": 0, "eos": 1, "pad": 2,          (bos, pad optional)
+ *       "stop": [7],                                        (optional: more ids that end
+ *                                                            generation, like eos)
  *       "segments": [
  *         {"modality": "text", "plugin": "text.bytes", "start": 8, "size": 256,
  *          "begin": 3, "end": 4, "config": {}},              (config optional)
@@ -20,11 +22,21 @@
  *       ]
  *     }
  *   }
+ *
+ * A segment without begin and end markers is open: at most one per layout, generated
+ * without markers (the whole stream is in it), and the special ids (bos, eos, pad, stop)
+ * may lie inside its range. That is how a language model's own vocabulary is described:
+ * its tokenizer owns every id, and its control tokens are specials the tokenizer never
+ * produces from text. A GGUF file's layout is made this way from its tokenizer metadata
+ * (sn_vocab_open on the file).
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <sys/stat.h>
+
+#include "gguf.h"
 #include "vocab_impl.h"
 
 #define MANIFEST "sensorium.json"
@@ -43,6 +55,9 @@ typedef struct vocab_seg {
 struct sn_vocab {
     uint32_t size;
     int32_t bos, eos, pad; /* -1: none */
+    int32_t *stops;        /* (n_stops) eos, then every "stop" id: all end generation */
+    size_t n_stops;
+    long open_seg;         /* the segment without markers, or -1 */
     vocab_seg *segs;       /* (n_segs) */
     size_t n_segs;
     uint32_t *owner; /* (size) role << 24 | segment */
@@ -141,6 +156,11 @@ static void describe_owner(const sn_vocab *v, uint32_t code, char *buf, size_t l
 static sn_status claim(const reader *r, sn_vocab *v, int32_t id, sn_token_role role, uint32_t seg)
 {
     uint32_t code = (uint32_t)role << ROLE_SHIFT | seg;
+    const int special = role == SN_TOKEN_BOS || role == SN_TOKEN_EOS || role == SN_TOKEN_PAD;
+    if (special && v->open_seg >= 0 && v->owner[id] == ((uint32_t)SN_TOKEN_PLUGIN << ROLE_SHIFT | (uint32_t)v->open_seg)) {
+        v->owner[id] = code; /* a control token of the open segment's tokenizer */
+        return SN_OK;
+    }
     if (v->owner[id] != 0) {
         char mine[160], theirs[160];
         describe_owner(v, code, mine, sizeof mine);
@@ -160,15 +180,24 @@ static sn_status parse_segment(const reader *r, sn_vocab *v, size_t i, json_t *e
         return bad(r, "%s must be an object", where);
     sn_status st = check_keys(r, e, where, keys);
     vocab_seg *s = &v->segs[i];
-    long long start = 0, size = 0, begin = 0, end = 0;
+    long long start = 0, size = 0, begin = -1, end = -1;
     if (st == SN_OK) st = get_str(r, e, where, "modality", &s->modality);
     if (st == SN_OK) st = get_str(r, e, where, "plugin", &s->plugin);
     if (st == SN_OK) st = get_int(r, e, where, "start", 0, 0, INT32_MAX, &start);
     if (st == SN_OK) st = get_int(r, e, where, "size", 0, 1, INT32_MAX, &size);
-    if (st == SN_OK) st = get_int(r, e, where, "begin", 0, 0, INT32_MAX, &begin);
-    if (st == SN_OK) st = get_int(r, e, where, "end", 0, 0, INT32_MAX, &end);
+    if (st == SN_OK) st = get_int(r, e, where, "begin", 1, 0, INT32_MAX, &begin);
+    if (st == SN_OK) st = get_int(r, e, where, "end", 1, 0, INT32_MAX, &end);
     if (st != SN_OK)
         return st;
+    if ((begin < 0) != (end < 0))
+        return bad(r, "%s (%s): give both markers 'begin' and 'end', or neither (an open segment)", where,
+                   s->modality);
+    if (begin < 0) {
+        if (v->open_seg >= 0)
+            return bad(r, "%s (%s): a second segment without markers (vocab.segments[%ld] is open already)",
+                       where, s->modality, v->open_seg);
+        v->open_seg = (long)i;
+    }
     s->start = (uint32_t)start;
     s->size = (uint32_t)size;
     s->begin = (int32_t)begin;
@@ -193,7 +222,8 @@ static sn_status parse(const reader *r, sn_vocab *v, json_t *root)
 {
     static const char *const top_keys[] = {"sensorium", "name", "description", "vocab",
                                            "architecture", "weights", NULL};
-    static const char *const vocab_keys[] = {"size", "bos", "eos", "pad", "segments", NULL};
+    static const char *const vocab_keys[] = {"size", "bos", "eos", "pad", "stop", "segments", NULL};
+    v->open_seg = -1;
     if (!json_is_object(root))
         return bad(r, "the manifest must be a JSON object");
     sn_status st = check_keys(r, root, "the manifest", top_keys);
@@ -211,7 +241,7 @@ static sn_status parse(const reader *r, sn_vocab *v, json_t *root)
     st = check_keys(r, jv, "vocab", vocab_keys);
     long long size = 0, bos = -1, eos = -1, pad = -1;
     if (st == SN_OK) st = get_int(r, jv, "vocab", "size", 0, 1, MAX_VOCAB, &size);
-    if (st == SN_OK) st = get_int(r, jv, "vocab", "bos", 0, 0, INT32_MAX, &bos);
+    if (st == SN_OK) st = get_int(r, jv, "vocab", "bos", 1, 0, INT32_MAX, &bos);
     if (st == SN_OK) st = get_int(r, jv, "vocab", "eos", 0, 0, INT32_MAX, &eos);
     if (st == SN_OK) st = get_int(r, jv, "vocab", "pad", 1, 0, INT32_MAX, &pad);
     if (st != SN_OK)
@@ -225,6 +255,19 @@ static sn_status parse(const reader *r, sn_vocab *v, json_t *root)
     v->bos = (int32_t)bos;
     v->eos = (int32_t)eos;
     v->pad = (int32_t)pad;
+    json_t *stop = json_object_get(jv, "stop");
+    if (stop && !json_is_array(stop))
+        return bad(r, "vocab.stop must be an array of ids");
+    v->stops = malloc((1 + json_array_size(stop)) * sizeof *v->stops);
+    if (!v->stops)
+        return sn_fail(SN_ERR_NOMEM, "out of memory");
+    v->stops[v->n_stops++] = v->eos;
+    for (size_t k = 0; k < json_array_size(stop); k++) {
+        json_t *id = json_array_get(stop, k);
+        if (!json_is_integer(id) || json_integer_value(id) < 0 || json_integer_value(id) >= size)
+            return bad(r, "vocab.stop[%zu] must be an id in 0..%lld", k, size - 1);
+        v->stops[v->n_stops++] = (int32_t)json_integer_value(id);
+    }
 
     json_t *segs = json_object_get(jv, "segments");
     if (!segs)
@@ -261,7 +304,11 @@ static sn_status parse(const reader *r, sn_vocab *v, json_t *root)
     if (v->bos >= 0 && (st = claim(r, v, v->bos, SN_TOKEN_BOS, 0)) != SN_OK) return st;
     if (v->eos >= 0 && (st = claim(r, v, v->eos, SN_TOKEN_EOS, 0)) != SN_OK) return st;
     if (v->pad >= 0 && (st = claim(r, v, v->pad, SN_TOKEN_PAD, 0)) != SN_OK) return st;
+    for (size_t k = 1; k < v->n_stops; k++)
+        if ((st = claim(r, v, v->stops[k], SN_TOKEN_EOS, 0)) != SN_OK) return st;
     for (size_t i = 0; i < v->n_segs; i++) {
+        if ((long)i == v->open_seg)
+            continue;
         if ((st = claim(r, v, v->segs[i].begin, SN_TOKEN_BEGIN, (uint32_t)i)) != SN_OK) return st;
         if ((st = claim(r, v, v->segs[i].end, SN_TOKEN_END, (uint32_t)i)) != SN_OK) return st;
     }
@@ -300,43 +347,104 @@ static sn_status create_plugins(const reader *r, sn_vocab *v, const sn_plugins *
     return SN_OK;
 }
 
+/* The layout of a GGUF language model, as a manifest: one open text segment over the whole
+ * vocabulary for text.bpe reading the file's own tokenizer; its eos, and every other control
+ * token (tokenizer.ggml.token_type 3: <|im_end|>, <|eot_id|>, ...) as ids that end
+ * generation. No bos: the chat template, or the caller feeding raw ids, places it. */
+static sn_status gguf_manifest(const char *path, json_t **out)
+{
+    char err[768];
+    sn_gguf *g;
+    if (sn_gguf_open(path, &g, err, sizeof err) != 0)
+        return sn_fail(SN_ERR_FORMAT, "%s", err);
+    sn_status st = SN_OK;
+    const sn_gguf_kv *tokens = sn_gguf_find(g, "tokenizer.ggml.tokens");
+    const sn_gguf_kv *types = sn_gguf_find(g, "tokenizer.ggml.token_type");
+    int64_t eos = -1;
+    if (!tokens || tokens->type != SN_GGUF_ARRAY || tokens->arr_n == 0 || tokens->arr_n > MAX_VOCAB) {
+        st = sn_fail(SN_ERR_NOT_FOUND, "%s: no tokenizer in this GGUF (tokenizer.ggml.tokens): feed and generate raw token ids", path);
+        goto done;
+    }
+    if (sn_gguf_get_int(g, "tokenizer.ggml.eos_token_id", &eos) != 0 || eos < 0 || (uint64_t)eos >= tokens->arr_n) {
+        st = sn_fail(SN_ERR_FORMAT, "%s: tokenizer.ggml.eos_token_id is missing or past the %llu tokens", path,
+                     (unsigned long long)tokens->arr_n);
+        goto done;
+    }
+    json_t *stop = json_array();
+    if (types && types->type == SN_GGUF_ARRAY && types->arr_n == tokens->arr_n &&
+        (types->arr_type == SN_GGUF_INT32 || types->arr_type == SN_GGUF_UINT32))
+        for (uint64_t i = 0; i < types->arr_n; i++)
+            if (sn_gguf_array_int(types, i) == 3 && (int64_t)i != eos)
+                json_array_append_new(stop, json_integer((json_int_t)i));
+    const char *slash = strrchr(path, '/');
+    json_t *seg = json_pack("{s:s, s:s, s:i, s:I, s:{s:s}}", "modality", "text", "plugin", "text.bpe", "start", 0,
+                            "size", (json_int_t)tokens->arr_n, "config", "gguf", slash ? slash + 1 : path);
+    *out = json_pack("{s:i, s:s, s:{s:I, s:I, s:o, s:[o]}}", "sensorium", 1, "name", path, "vocab", "size",
+                     (json_int_t)tokens->arr_n, "eos", (json_int_t)eos, "stop", stop, "segments", seg);
+    if (!*out)
+        st = sn_fail(SN_ERR_NOMEM, "out of memory");
+done:
+    sn_gguf_close(g);
+    return st;
+}
+
 sn_status sn_vocab_open(const char *model_dir, const sn_plugins *plugins, sn_vocab **out)
 {
     sn_clear_error();
     if (!model_dir || !plugins || !out)
         return sn_fail(SN_ERR_INVALID_ARG, "sn_vocab_open: model_dir, plugins and out must not be NULL");
     *out = NULL;
-    sn_str path = {0};
-    if (sn_str_printf(&path, "%s/%s", model_dir, MANIFEST) != SN_OK)
-        return SN_ERR_NOMEM;
-    reader r = {.path = path.s};
-    json_error_t jerr;
-    json_t *root = json_load_file(path.s, JSON_REJECT_DUPLICATES, &jerr);
-    if (!root) {
-        sn_status st;
-        FILE *f = fopen(path.s, "rb");
-        if (!f)
-            st = sn_fail(SN_ERR_NOT_FOUND, "%s: no manifest here (is %s a model folder?)", path.s, model_dir);
-        else {
-            fclose(f);
-            st = sn_fail(SN_ERR_FORMAT, "%s:%d:%d: malformed JSON: %s", path.s, jerr.line, jerr.column, jerr.text);
+    sn_str path = {0}, data_dir = {0};
+    json_t *root = NULL;
+    sn_status st;
+    struct stat sb;
+    if (stat(model_dir, &sb) == 0 && S_ISREG(sb.st_mode)) {
+        /* A GGUF file: its layout comes from its tokenizer, its data dir is its folder. */
+        const char *slash = strrchr(model_dir, '/');
+        if ((st = sn_str_printf(&path, "%s", model_dir)) != SN_OK ||
+            (st = sn_str_printf(&data_dir, "%.*s", slash ? (int)(slash - model_dir) : 1, slash ? model_dir : ".")) != SN_OK ||
+            (st = gguf_manifest(model_dir, &root)) != SN_OK)
+            goto done;
+    } else {
+        if ((st = sn_str_printf(&path, "%s/%s", model_dir, MANIFEST)) != SN_OK ||
+            (st = sn_str_printf(&data_dir, "%s", model_dir)) != SN_OK)
+            goto done;
+        json_error_t jerr;
+        root = json_load_file(path.s, JSON_REJECT_DUPLICATES, &jerr);
+        if (!root) {
+            FILE *f = fopen(path.s, "rb");
+            if (!f)
+                st = sn_fail(SN_ERR_NOT_FOUND, "%s: no manifest here (is %s a model folder?)", path.s, model_dir);
+            else {
+                fclose(f);
+                st = sn_fail(SN_ERR_FORMAT, "%s:%d:%d: malformed JSON: %s", path.s, jerr.line, jerr.column, jerr.text);
+            }
+            goto done;
         }
-        sn_str_free(&path);
-        return st;
     }
+    reader r = {.path = path.s};
     sn_vocab *v = calloc(1, sizeof *v);
-    sn_status st = v ? parse(&r, v, root) : sn_fail(SN_ERR_NOMEM, "out of memory");
+    st = v ? parse(&r, v, root) : sn_fail(SN_ERR_NOMEM, "out of memory");
     if (st == SN_OK)
-        st = create_plugins(&r, v, plugins, root, model_dir);
+        st = create_plugins(&r, v, plugins, root, data_dir.s);
+    if (st != SN_OK)
+        sn_vocab_close(v);
+    else
+        *out = v;
+done:
     json_decref(root);
     sn_str_free(&path);
-    if (st != SN_OK) {
-        sn_vocab_close(v);
-        return st;
-    }
-    *out = v;
-    return SN_OK;
+    sn_str_free(&data_dir);
+    return st;
 }
+
+const int32_t *sn_vocab_stops(const sn_vocab *v, size_t *n)
+{
+    *n = v ? v->n_stops : 0;
+    return v ? v->stops : NULL;
+}
+
+long sn_vocab_open_segment(const sn_vocab *v) { return v ? v->open_seg : -1; }
 
 void sn_vocab_close(sn_vocab *v)
 {
@@ -350,6 +458,7 @@ void sn_vocab_close(sn_vocab *v)
     }
     free(v->segs);
     free(v->owner);
+    free(v->stops);
     free(v);
 }
 

@@ -10,4 +10,10 @@
 /* The instance of segment i's plugin, created by sn_vocab_open; owned by the vocabulary. */
 sn_plugin_instance *sn_vocab_instance(const sn_vocab *vocab, size_t i);
 
+/* The ids that end generation: eos first, then the manifest's "stop" ids. */
+const int32_t *sn_vocab_stops(const sn_vocab *vocab, size_t *n);
+
+/* The segment without markers (generated without them, specials inside its range), or -1. */
+long sn_vocab_open_segment(const sn_vocab *vocab);
+
 #endif /* SN_VOCAB_IMPL_H */

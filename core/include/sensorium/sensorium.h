@@ -236,7 +236,7 @@ typedef struct sn_vocab_segment {
     const char *plugin;      /* plugin name */
     const char *config_json; /* the plugin's configuration, compact JSON */
     uint32_t start, size;    /* global ids start .. start+size-1 */
-    int32_t begin, end;      /* the marker ids */
+    int32_t begin, end;      /* the marker ids; -1 for an open segment (see sn_vocab_open) */
 } sn_vocab_segment;
 
 /*
@@ -244,6 +244,12 @@ typedef struct sn_vocab_segment {
  * configuration (data directory: MODEL_DIR) and checks the layout: ranges and markers inside
  * the vocabulary and disjoint, each plugin known and its vocab_size equal to its range.
  * Errors name the entry (vocab.segments[2] ...), or the line and column of malformed JSON.
+ *
+ * MODEL_DIR may also be a GGUF language model: its layout is one open "text" segment (no
+ * markers) over the whole vocabulary, tokenized by the text.bpe plugin from the file's own
+ * tokenizer, with the file's eos and every other control token as ids that end generation.
+ * A segment without markers is open: generated without them, and special ids may lie in
+ * its range (a language model's control tokens, which its tokenizer never produces).
  */
 SN_API sn_status sn_vocab_open(const char *model_dir, const sn_plugins *plugins,
                                sn_vocab **out);
@@ -379,6 +385,33 @@ SN_API const char *sn_session_error(const sn_session *session);
 SN_API const int32_t *sn_session_tokens(const sn_session *session, size_t *n);
 /* The logits of the session's latest position (engines opened with keep_logits). */
 SN_API const float *sn_session_logits(const sn_session *session, int32_t *vocab_size);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Chat templates                                                                           */
+/* ---------------------------------------------------------------------------------------- */
+
+/*
+ * A GGUF model's chat template (tokenizer.chat_template), recognised by family and rendered
+ * in C: a turn is fed to a session as the template's control tokens (raw ids) and the text
+ * between them (through the "text" modality, so the model's own tokenizer splits it).
+ *   chatml (<|im_start|>: SmolLM2, Qwen): <|im_start|>ROLE\nCONTENT<|im_end|>\n per message,
+ *          then <|im_start|>assistant\n; the template's own default system prompt is used
+ *          when it inserts one and none is given;
+ *   llama3 (<|start_header_id|>): <|begin_of_text|>, then
+ *          <|start_header_id|>ROLE<|end_header_id|>\n\nCONTENT<|eot_id|> per message, then
+ *          the assistant header.
+ * Any other template is SN_ERR_UNSUPPORTED naming it: this is not a Jinja engine.
+ */
+typedef struct sn_chat sn_chat;
+
+SN_API sn_status sn_chat_open(const char *gguf_path, sn_chat **out);
+SN_API void sn_chat_close(sn_chat *chat);
+/* "chatml" or "llama3". */
+SN_API const char *sn_chat_family(const sn_chat *chat);
+/* Feeds one turn: the system prompt when first is set (system, else the template's default,
+ * else none), the user's text, and the assistant header; then generate "text". */
+SN_API sn_status sn_chat_feed_turn(const sn_chat *chat, sn_session *session, const char *system,
+                                   const char *user, int first);
 
 #ifdef __cplusplus
 }

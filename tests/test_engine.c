@@ -161,6 +161,11 @@ Test(engine, gguf_models_match_the_numpy_reference)
     check_gguf("gguf_tied", "--tie --seed 22 --layers 6", 96, 1);
     check_gguf("gguf_gqa4", "--heads 8 --kv-heads 2 --seed 23", 96, 1);
     check_gguf("gguf_tp2", "--ffn 256 --seed 24", 96, 2);
+    /* the portable C kernels too, where the CPU would pick AVX2 ones */
+    setenv("SN_CPU_PORTABLE", "1", 1);
+    check_gguf("gguf_c", "--seed 25", 96, 1);
+    check_gguf("gguf_c_tied", "--tie --seed 26", 96, 1);
+    unsetenv("SN_CPU_PORTABLE");
 }
 
 Test(engine, logits_match_the_numpy_reference)

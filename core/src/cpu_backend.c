@@ -59,6 +59,11 @@ typedef struct shard {
     float *partial;   /* (T, hidden): this shard's contribution before the sum */
 } shard;
 
+/* A quantised weight row (nb blocks) times x; xs the per-block sums of x (Q4 types). */
+typedef float (*row_kernel)(const uint8_t *w, const float *x, const float *xs, int32_t nb, int has_min);
+
+static void row_kernels(row_kernel *q8, row_kernel *q4);
+
 typedef struct cpu_backend {
     sn_backend base;
     const sn_model *model;
@@ -77,6 +82,8 @@ typedef struct cpu_backend {
     int32_t *pos, *slot, *run_of; /* (T) position, KV slot and run of each token */
     float *scores;        /* (threads, max_positions) attention scratch */
     float *wrow;          /* (threads, wrow_len) dequantised weight rows */
+    float *xsum;          /* (4, wrow_len / 32) per-block sums of a few tokens' activations */
+    row_kernel row_q8, row_q4; /* this CPU's quantised row kernels */
     int32_t wrow_len;     /* the longest weight row: hidden, intermediate or heads * head_dim */
     float *last;          /* (T, hidden) rows that need logits */
 } cpu_backend;
@@ -235,6 +242,7 @@ static void cpu_close(sn_backend *base)
     free(b->run_of);
     free(b->scores);
     free(b->wrow);
+    free(b->xsum);
     free(b->last);
     sn_kv_alloc_free(&b->kv);
     free(b);
@@ -322,9 +330,11 @@ static sn_status cpu_open(const sn_model *model, const sn_backend_opts *opts, sn
     if (c->n_heads * hd > b->wrow_len)
         b->wrow_len = c->n_heads * hd;
     b->wrow = malloc((size_t)b->threads * (size_t)b->wrow_len * sizeof *b->wrow);
-    if (!b->inv_freq || !b->x || !b->xn || !b->last || !b->pos || !b->slot || !b->run_of || !b->scores || !b->wrow)
+    b->xsum = malloc((size_t)4 * (size_t)(b->wrow_len / 32 + 1) * sizeof *b->xsum);
+    if (!b->inv_freq || !b->x || !b->xn || !b->last || !b->pos || !b->slot || !b->run_of || !b->scores || !b->wrow || !b->xsum)
         goto nomem;
     rope_frequencies(c, sn_model_rope_factors(model), b->inv_freq);
+    row_kernels(&b->row_q8, &b->row_q4);
     if ((st = bind_weights(b)) != SN_OK)
         goto fail;
     *out = &b->base;
@@ -357,13 +367,164 @@ static inline float dot(const float *a, const float *x, int32_t n)
     return s;
 }
 
-/* out (n, out_f) = x (n, in) . W^T for a block-quantised W: each thread dequantises a weight
- * row into its scratch row once and takes its dot product with every token's x. */
+/* ---- Quantised rows times x, straight from the blocks ---------------------------------- */
+/* Per block: the integers times x in 8 lanes, then the block's scale d (and for Q4_1 its
+ * minimum m times the block's sum of x, xs[b]). Q4_0's weight d*(q-8) is d*q + m with
+ * m = -8d. In Q4 blocks byte j holds element j (low nibble) and j + 16 (high). Each kernel
+ * exists in plain C and, on x86-64, in AVX2+FMA+F16C, chosen once at open by what the CPU
+ * has (row_kernels). */
+
+/* A block scale: IEEE half to float by re-biasing (exact for every finite half, subnormals
+ * included: the multiply by 2^112 is by a power of two). Scales are never inf or nan. */
+static inline float scale_of(const uint8_t *p)
+{
+    const uint32_t h = (uint32_t)p[0] | (uint32_t)p[1] << 8;
+    const uint32_t bits = (h & 0x8000u) << 16 | (h & 0x7FFFu) << 13;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f * 0x1p112f;
+}
+
+static float row_dot_q8_0_c(const uint8_t *w, const float *x, const float *xs, int32_t nb, int has_min)
+{
+    (void)xs;
+    (void)has_min;
+    float acc[8] = {0};
+    for (int32_t b = 0; b < nb; b++, w += 34, x += 32) {
+        const int8_t *q = (const int8_t *)(w + 2);
+        float t[8] = {0};
+        for (int j = 0; j < 32; j += 8)
+            for (int k = 0; k < 8; k++)
+                t[k] += (float)q[j + k] * x[j + k];
+        const float d = scale_of(w);
+        for (int k = 0; k < 8; k++)
+            acc[k] += d * t[k];
+    }
+    float s = 0.0f;
+    for (int k = 0; k < 8; k++)
+        s += acc[k];
+    return s;
+}
+
+static float row_dot_q4_c(const uint8_t *w, const float *x, const float *xs, int32_t nb, int has_min)
+{
+    const size_t bytes = has_min ? 20 : 18;
+    float acc[8] = {0}, mins = 0.0f;
+    for (int32_t b = 0; b < nb; b++, w += bytes, x += 32) {
+        const uint8_t *q = w + (has_min ? 4 : 2);
+        float t[8] = {0};
+        for (int j = 0; j < 16; j += 8)
+            for (int k = 0; k < 8; k++)
+                t[k] += (float)(q[j + k] & 0x0F) * x[j + k] + (float)(q[j + k] >> 4) * x[16 + j + k];
+        const float d = scale_of(w), m = has_min ? scale_of(w + 2) : -8.0f * d;
+        for (int k = 0; k < 8; k++)
+            acc[k] += d * t[k];
+        mins += m * xs[b];
+    }
+    float s = mins;
+    for (int k = 0; k < 8; k++)
+        s += acc[k];
+    return s;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define SN_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+SN_AVX2 static inline float hsum8(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+SN_AVX2 static inline float half_avx(const uint8_t *p)
+{
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+
+/* 8 bytes of v (unsigned or signed) widened to 8 floats. */
+#define U8X8(v) _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v))
+#define I8X8(v) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v))
+
+SN_AVX2 static float row_dot_q8_0_avx2(const uint8_t *w, const float *x, const float *xs, int32_t nb, int has_min)
+{
+    (void)xs;
+    (void)has_min;
+    __m256 acc = _mm256_setzero_ps();
+    for (int32_t b = 0; b < nb; b++, w += 34, x += 32) {
+        const __m128i q0 = _mm_loadu_si128((const __m128i *)(w + 2));
+        const __m128i q1 = _mm_loadu_si128((const __m128i *)(w + 18));
+        __m256 t = _mm256_mul_ps(I8X8(q0), _mm256_loadu_ps(x));
+        t = _mm256_fmadd_ps(I8X8(_mm_srli_si128(q0, 8)), _mm256_loadu_ps(x + 8), t);
+        t = _mm256_fmadd_ps(I8X8(q1), _mm256_loadu_ps(x + 16), t);
+        t = _mm256_fmadd_ps(I8X8(_mm_srli_si128(q1, 8)), _mm256_loadu_ps(x + 24), t);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(half_avx(w)), t, acc);
+    }
+    return hsum8(acc);
+}
+
+SN_AVX2 static float row_dot_q4_avx2(const uint8_t *w, const float *x, const float *xs, int32_t nb, int has_min)
+{
+    const size_t bytes = has_min ? 20 : 18;
+    const __m128i low4 = _mm_set1_epi8(0x0F);
+    __m256 acc = _mm256_setzero_ps();
+    float mins = 0.0f;
+    for (int32_t b = 0; b < nb; b++, w += bytes, x += 32) {
+        const __m128i raw = _mm_loadu_si128((const __m128i *)(w + (has_min ? 4 : 2)));
+        const __m128i lo = _mm_and_si128(raw, low4), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), low4);
+        __m256 t = _mm256_mul_ps(U8X8(lo), _mm256_loadu_ps(x));
+        t = _mm256_fmadd_ps(U8X8(_mm_srli_si128(lo, 8)), _mm256_loadu_ps(x + 8), t);
+        t = _mm256_fmadd_ps(U8X8(hi), _mm256_loadu_ps(x + 16), t);
+        t = _mm256_fmadd_ps(U8X8(_mm_srli_si128(hi, 8)), _mm256_loadu_ps(x + 24), t);
+        const float d = half_avx(w), m = has_min ? half_avx(w + 2) : -8.0f * d;
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), t, acc);
+        mins += m * xs[b];
+    }
+    return hsum8(acc) + mins;
+}
+#endif
+
+/* The kernels for this CPU, for Q8_0 and for Q4_0/Q4_1. SN_CPU_PORTABLE=1 in the
+ * environment keeps the plain C ones (the tests run both). */
+static void row_kernels(row_kernel *q8, row_kernel *q4)
+{
+    *q8 = row_dot_q8_0_c;
+    *q4 = row_dot_q4_c;
+#if defined(__x86_64__) && defined(__GNUC__)
+    const char *portable = getenv("SN_CPU_PORTABLE");
+    if (portable && *portable && strcmp(portable, "0") != 0)
+        return;
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
+        *q8 = row_dot_q8_0_avx2;
+        *q4 = row_dot_q4_avx2;
+    }
+#endif
+}
+
+/* out (n, out_f) = x (n, in) . W^T for a block-quantised W. A few tokens: each weight row
+ * is read once and its blocks multiplied with every token's x directly. Many tokens (a
+ * prefill chunk): each thread dequantises a weight row into its scratch row once and takes
+ * float dot products with every token's x. */
 static void matmul_quant(cpu_backend *b, float *out, const float *x, int32_t n, int32_t in, wview w,
                          int32_t out_f, float beta)
 {
     const size_t row_bytes = (size_t)w.ld / (size_t)sn_dtype_block_elems(w.dtype) * sn_dtype_size(w.dtype);
-    const int32_t scratch = b->wrow_len;
+    const int32_t nb = in / 32, scratch = b->wrow_len;
+    const int direct = n <= 4;
+    if (direct && w.dtype != SN_DTYPE_Q8_0)
+        for (int32_t i = 0; i < n; i++)
+            for (int32_t k = 0; k < nb; k++) {
+                const float *xb = x + (size_t)i * in + (size_t)k * 32;
+                float s = 0.0f;
+                for (int j = 0; j < 32; j++)
+                    s += xb[j];
+                b->xsum[(size_t)i * nb + k] = s;
+            }
 #pragma omp parallel
     {
 #ifdef _OPENMP
@@ -373,10 +534,18 @@ static void matmul_quant(cpu_backend *b, float *out, const float *x, int32_t n, 
 #endif
 #pragma omp for schedule(static)
         for (int32_t r = 0; r < out_f; r++) {
-            sn_convert_to_f32(w.dtype, (const char *)w.p + (size_t)r * row_bytes, wr, (size_t)in);
+            const uint8_t *row = (const uint8_t *)w.p + (size_t)r * row_bytes;
+            if (!direct)
+                sn_convert_to_f32(w.dtype, row, wr, (size_t)in);
             for (int32_t i = 0; i < n; i++) {
+                const float *xi = x + (size_t)i * in;
+                float d;
+                if (!direct)
+                    d = dot(wr, xi, in);
+                else
+                    d = (w.dtype == SN_DTYPE_Q8_0 ? b->row_q8 : b->row_q4)(row, xi, b->xsum + (size_t)i * nb, nb,
+                                                                         w.dtype == SN_DTYPE_Q4_1);
                 float *o = &out[(size_t)i * out_f + r];
-                const float d = dot(wr, x + (size_t)i * in, in);
                 *o = beta != 0.0f ? beta * *o + d : d;
             }
         }

@@ -59,10 +59,9 @@ typedef struct shard {
     float *partial;   /* (T, hidden): this shard's contribution before the sum */
 } shard;
 
-/* A quantised weight row (nb blocks) times x; xs the per-block sums of x (Q4 types). */
-typedef float (*row_kernel)(const uint8_t *w, const float *x, const float *xs, int32_t nb, int has_min);
-
-static void row_kernels(row_kernel *q8, row_kernel *q4);
+typedef struct qrow qrow;
+typedef void (*qrow_kernel)(const qrow *r, float *out);
+static qrow_kernel pick_qrow_kernel(void);
 
 typedef struct cpu_backend {
     sn_backend base;
@@ -81,10 +80,8 @@ typedef struct cpu_backend {
     float *x, *xn;        /* (T, hidden) residual stream and its norm */
     int32_t *pos, *slot, *run_of; /* (T) position, KV slot and run of each token */
     float *scores;        /* (threads, max_positions) attention scratch */
-    float *wrow;          /* (threads, wrow_len) dequantised weight rows */
-    float *xsum;          /* (4, wrow_len / 32) per-block sums of a few tokens' activations */
-    row_kernel row_q8, row_q4; /* this CPU's quantised row kernels */
-    int32_t wrow_len;     /* the longest weight row: hidden, intermediate or heads * head_dim */
+    float *xsum;          /* (T, longest weight row / 32) per-block sums of activations */
+    qrow_kernel qrow_dot; /* this CPU's quantised row kernel */
     float *last;          /* (T, hidden) rows that need logits */
 } cpu_backend;
 
@@ -241,7 +238,6 @@ static void cpu_close(sn_backend *base)
     free(b->slot);
     free(b->run_of);
     free(b->scores);
-    free(b->wrow);
     free(b->xsum);
     free(b->last);
     sn_kv_alloc_free(&b->kv);
@@ -326,15 +322,14 @@ static sn_status cpu_open(const sn_model *model, const sn_backend_opts *opts, sn
     b->slot = malloc((size_t)T * sizeof *b->slot);
     b->run_of = malloc((size_t)T * sizeof *b->run_of);
     b->scores = malloc((size_t)b->threads * (size_t)c->max_positions * sizeof *b->scores);
-    b->wrow_len = H > c->intermediate ? H : c->intermediate;
-    if (c->n_heads * hd > b->wrow_len)
-        b->wrow_len = c->n_heads * hd;
-    b->wrow = malloc((size_t)b->threads * (size_t)b->wrow_len * sizeof *b->wrow);
-    b->xsum = malloc((size_t)4 * (size_t)(b->wrow_len / 32 + 1) * sizeof *b->xsum);
-    if (!b->inv_freq || !b->x || !b->xn || !b->last || !b->pos || !b->slot || !b->run_of || !b->scores || !b->wrow || !b->xsum)
+    int32_t longest = H > c->intermediate ? H : c->intermediate;
+    if (c->n_heads * hd > longest)
+        longest = c->n_heads * hd;
+    b->xsum = malloc((size_t)T * (size_t)(longest / 32 + 1) * sizeof *b->xsum);
+    if (!b->inv_freq || !b->x || !b->xn || !b->last || !b->pos || !b->slot || !b->run_of || !b->scores || !b->xsum)
         goto nomem;
     rope_frequencies(c, sn_model_rope_factors(model), b->inv_freq);
-    row_kernels(&b->row_q8, &b->row_q4);
+    b->qrow_dot = pick_qrow_kernel();
     if ((st = bind_weights(b)) != SN_OK)
         goto fail;
     *out = &b->base;
@@ -350,29 +345,25 @@ fail:
 /* The forward pass                                                                         */
 /* ---------------------------------------------------------------------------------------- */
 
-/* A dot product of n floats in 8 independent lanes, which the compiler turns into vector
- * multiply-adds without reassociating a single sum. */
-static inline float dot(const float *a, const float *x, int32_t n)
-{
-    float lane[8] = {0};
-    int32_t j = 0;
-    for (; j + 8 <= n; j += 8)
-        for (int k = 0; k < 8; k++)
-            lane[k] += a[j + k] * x[j + k];
-    float s = 0.0f;
-    for (; j < n; j++)
-        s += a[j] * x[j];
-    for (int k = 0; k < 8; k++)
-        s += lane[k];
-    return s;
-}
+/* ---- Quantised rows times activations, straight from the blocks ------------------------ */
+/* One weight row (nb blocks of 32) times up to QTILE tokens' activations: each block is
+ * decoded to floats once and multiplied with every token's x, so the integers are unpacked
+ * once per tile and the row read from memory once per step. Per block and token: the
+ * integers times x in 8 lanes, then the block's scale d, plus (Q4 types) the block's minimum
+ * m times the block's sum of x (xs). Q4_0's weight d*(q-8) is d*q + m with m = -8d. In Q4
+ * blocks byte j holds element j (low nibble) and j + 16 (high). Each kernel exists in plain
+ * C and, on x86-64, in AVX2+FMA+F16C, chosen once at open by what the CPU has. */
+#define QTILE 8
 
-/* ---- Quantised rows times x, straight from the blocks ---------------------------------- */
-/* Per block: the integers times x in 8 lanes, then the block's scale d (and for Q4_1 its
- * minimum m times the block's sum of x, xs[b]). Q4_0's weight d*(q-8) is d*q + m with
- * m = -8d. In Q4 blocks byte j holds element j (low nibble) and j + 16 (high). Each kernel
- * exists in plain C and, on x86-64, in AVX2+FMA+F16C, chosen once at open by what the CPU
- * has (row_kernels). */
+typedef struct qrow {
+    const uint8_t *w;   /* the row's first block */
+    int32_t nb;         /* blocks in the row */
+    sn_dtype dtype;     /* Q8_0, Q4_0 or Q4_1 */
+    const float *x;     /* token t's activations at x + t * ldx */
+    size_t ldx;
+    const float *xs;    /* token t's per-block sums at xs + t * nb (Q4 types) */
+    int n;              /* tokens, 1..QTILE */
+} qrow;
 
 /* A block scale: IEEE half to float by re-biasing (exact for every finite half, subnormals
  * included: the multiply by 2^112 is by a power of two). Scales are never inf or nan. */
@@ -385,46 +376,43 @@ static inline float scale_of(const uint8_t *p)
     return f * 0x1p112f;
 }
 
-static float row_dot_q8_0_c(const uint8_t *w, const float *x, const float *xs, int32_t nb, int has_min)
+static void qrow_dot_c(const qrow *r, float *out)
 {
-    (void)xs;
-    (void)has_min;
-    float acc[8] = {0};
-    for (int32_t b = 0; b < nb; b++, w += 34, x += 32) {
-        const int8_t *q = (const int8_t *)(w + 2);
-        float t[8] = {0};
-        for (int j = 0; j < 32; j += 8)
+    const int q8 = r->dtype == SN_DTYPE_Q8_0, has_min = r->dtype == SN_DTYPE_Q4_1;
+    const size_t bytes = q8 ? 34 : has_min ? 20 : 18;
+    float acc[QTILE][8] = {{0}}, mins[QTILE] = {0};
+    const uint8_t *w = r->w;
+    for (int32_t b = 0; b < r->nb; b++, w += bytes) {
+        float v[32];
+        if (q8) {
+            for (int j = 0; j < 32; j++)
+                v[j] = (float)(int8_t)w[2 + j];
+        } else {
+            const uint8_t *q = w + (has_min ? 4 : 2);
+            for (int j = 0; j < 16; j++) {
+                v[j] = (float)(q[j] & 0x0F);
+                v[j + 16] = (float)(q[j] >> 4);
+            }
+        }
+        const float d = scale_of(w), m = q8 ? 0.0f : has_min ? scale_of(w + 2) : -8.0f * d;
+        for (int t = 0; t < r->n; t++) {
+            const float *x = r->x + t * r->ldx + (size_t)b * 32;
+            float lane[8] = {0};
+            for (int j = 0; j < 32; j += 8)
+                for (int k = 0; k < 8; k++)
+                    lane[k] += v[j + k] * x[j + k];
             for (int k = 0; k < 8; k++)
-                t[k] += (float)q[j + k] * x[j + k];
-        const float d = scale_of(w);
-        for (int k = 0; k < 8; k++)
-            acc[k] += d * t[k];
+                acc[t][k] += d * lane[k];
+            if (!q8)
+                mins[t] += m * r->xs[(size_t)t * r->nb + b];
+        }
     }
-    float s = 0.0f;
-    for (int k = 0; k < 8; k++)
-        s += acc[k];
-    return s;
-}
-
-static float row_dot_q4_c(const uint8_t *w, const float *x, const float *xs, int32_t nb, int has_min)
-{
-    const size_t bytes = has_min ? 20 : 18;
-    float acc[8] = {0}, mins = 0.0f;
-    for (int32_t b = 0; b < nb; b++, w += bytes, x += 32) {
-        const uint8_t *q = w + (has_min ? 4 : 2);
-        float t[8] = {0};
-        for (int j = 0; j < 16; j += 8)
-            for (int k = 0; k < 8; k++)
-                t[k] += (float)(q[j + k] & 0x0F) * x[j + k] + (float)(q[j + k] >> 4) * x[16 + j + k];
-        const float d = scale_of(w), m = has_min ? scale_of(w + 2) : -8.0f * d;
+    for (int t = 0; t < r->n; t++) {
+        float s = mins[t];
         for (int k = 0; k < 8; k++)
-            acc[k] += d * t[k];
-        mins += m * xs[b];
+            s += acc[t][k];
+        out[t] = s;
     }
-    float s = mins;
-    for (int k = 0; k < 8; k++)
-        s += acc[k];
-    return s;
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -446,77 +434,84 @@ SN_AVX2 static inline float half_avx(const uint8_t *p)
     return _cvtsh_ss(h);
 }
 
-/* 8 bytes of v (unsigned or signed) widened to 8 floats. */
-#define U8X8(v) _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v))
-#define I8X8(v) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v))
-
-SN_AVX2 static float row_dot_q8_0_avx2(const uint8_t *w, const float *x, const float *xs, int32_t nb, int has_min)
+/* Inlined twice below: with n = 1 as a constant (the accumulator stays in a register) and
+ * with the tile's n. */
+SN_AVX2 static inline __attribute__((always_inline)) void qrow_avx2_n(const qrow *r, float *out, const int n)
 {
-    (void)xs;
-    (void)has_min;
-    __m256 acc = _mm256_setzero_ps();
-    for (int32_t b = 0; b < nb; b++, w += 34, x += 32) {
-        const __m128i q0 = _mm_loadu_si128((const __m128i *)(w + 2));
-        const __m128i q1 = _mm_loadu_si128((const __m128i *)(w + 18));
-        __m256 t = _mm256_mul_ps(I8X8(q0), _mm256_loadu_ps(x));
-        t = _mm256_fmadd_ps(I8X8(_mm_srli_si128(q0, 8)), _mm256_loadu_ps(x + 8), t);
-        t = _mm256_fmadd_ps(I8X8(q1), _mm256_loadu_ps(x + 16), t);
-        t = _mm256_fmadd_ps(I8X8(_mm_srli_si128(q1, 8)), _mm256_loadu_ps(x + 24), t);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(half_avx(w)), t, acc);
+    const int q8 = r->dtype == SN_DTYPE_Q8_0, has_min = r->dtype == SN_DTYPE_Q4_1;
+    const size_t bytes = q8 ? 34 : has_min ? 20 : 18;
+    const __m128i low4 = _mm_set1_epi8(0x0F);
+    __m256 acc[QTILE];
+    float mins[QTILE] = {0};
+    for (int t = 0; t < QTILE; t++)
+        acc[t] = _mm256_setzero_ps();
+    const uint8_t *w = r->w;
+    for (int32_t b = 0; b < r->nb; b++, w += bytes) {
+        __m256 v0, v1, v2, v3; /* the block's 32 integers as floats */
+        if (q8) {
+            const __m128i a = _mm_loadu_si128((const __m128i *)(w + 2));
+            const __m128i c = _mm_loadu_si128((const __m128i *)(w + 18));
+            v0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(a));
+            v1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(a, 8)));
+            v2 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(c));
+            v3 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(c, 8)));
+        } else {
+            const __m128i raw = _mm_loadu_si128((const __m128i *)(w + (has_min ? 4 : 2)));
+            const __m128i lo = _mm_and_si128(raw, low4), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), low4);
+            v0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
+            v1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
+            v2 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
+            v3 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
+        }
+        const float df = half_avx(w), m = q8 ? 0.0f : has_min ? half_avx(w + 2) : -8.0f * df;
+        const __m256 d = _mm256_set1_ps(df);
+        for (int t = 0; t < n; t++) {
+            const float *x = r->x + t * r->ldx + (size_t)b * 32;
+            __m256 l = _mm256_mul_ps(v0, _mm256_loadu_ps(x));
+            l = _mm256_fmadd_ps(v1, _mm256_loadu_ps(x + 8), l);
+            l = _mm256_fmadd_ps(v2, _mm256_loadu_ps(x + 16), l);
+            l = _mm256_fmadd_ps(v3, _mm256_loadu_ps(x + 24), l);
+            acc[t] = _mm256_fmadd_ps(d, l, acc[t]);
+            if (!q8)
+                mins[t] += m * r->xs[(size_t)t * r->nb + b];
+        }
     }
-    return hsum8(acc);
+    for (int t = 0; t < n; t++)
+        out[t] = hsum8(acc[t]) + mins[t];
 }
 
-SN_AVX2 static float row_dot_q4_avx2(const uint8_t *w, const float *x, const float *xs, int32_t nb, int has_min)
+SN_AVX2 static void qrow_dot_avx2(const qrow *r, float *out)
 {
-    const size_t bytes = has_min ? 20 : 18;
-    const __m128i low4 = _mm_set1_epi8(0x0F);
-    __m256 acc = _mm256_setzero_ps();
-    float mins = 0.0f;
-    for (int32_t b = 0; b < nb; b++, w += bytes, x += 32) {
-        const __m128i raw = _mm_loadu_si128((const __m128i *)(w + (has_min ? 4 : 2)));
-        const __m128i lo = _mm_and_si128(raw, low4), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), low4);
-        __m256 t = _mm256_mul_ps(U8X8(lo), _mm256_loadu_ps(x));
-        t = _mm256_fmadd_ps(U8X8(_mm_srli_si128(lo, 8)), _mm256_loadu_ps(x + 8), t);
-        t = _mm256_fmadd_ps(U8X8(hi), _mm256_loadu_ps(x + 16), t);
-        t = _mm256_fmadd_ps(U8X8(_mm_srli_si128(hi, 8)), _mm256_loadu_ps(x + 24), t);
-        const float d = half_avx(w), m = has_min ? half_avx(w + 2) : -8.0f * d;
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), t, acc);
-        mins += m * xs[b];
-    }
-    return hsum8(acc) + mins;
+    if (r->n == 1)
+        qrow_avx2_n(r, out, 1);
+    else
+        qrow_avx2_n(r, out, r->n);
 }
 #endif
 
-/* The kernels for this CPU, for Q8_0 and for Q4_0/Q4_1. SN_CPU_PORTABLE=1 in the
- * environment keeps the plain C ones (the tests run both). */
-static void row_kernels(row_kernel *q8, row_kernel *q4)
+/* The kernel for this CPU. SN_CPU_PORTABLE=1 in the environment keeps the plain C one (the
+ * tests run both). */
+static qrow_kernel pick_qrow_kernel(void)
 {
-    *q8 = row_dot_q8_0_c;
-    *q4 = row_dot_q4_c;
 #if defined(__x86_64__) && defined(__GNUC__)
     const char *portable = getenv("SN_CPU_PORTABLE");
     if (portable && *portable && strcmp(portable, "0") != 0)
-        return;
+        return qrow_dot_c;
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
-        *q8 = row_dot_q8_0_avx2;
-        *q4 = row_dot_q4_avx2;
-    }
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+        return qrow_dot_avx2;
 #endif
+    return qrow_dot_c;
 }
 
-/* out (n, out_f) = x (n, in) . W^T for a block-quantised W. A few tokens: each weight row
- * is read once and its blocks multiplied with every token's x directly. Many tokens (a
- * prefill chunk): each thread dequantises a weight row into its scratch row once and takes
- * float dot products with every token's x. */
+/* out (n, out_f) = x (n, in) . W^T for a block-quantised W: rows split across threads, each
+ * row taken with QTILE tokens at a time. */
 static void matmul_quant(cpu_backend *b, float *out, const float *x, int32_t n, int32_t in, wview w,
                          int32_t out_f, float beta)
 {
     const size_t row_bytes = (size_t)w.ld / (size_t)sn_dtype_block_elems(w.dtype) * sn_dtype_size(w.dtype);
-    const int32_t nb = in / 32, scratch = b->wrow_len;
-    const int direct = n <= 4;
-    if (direct && w.dtype != SN_DTYPE_Q8_0)
+    const int32_t nb = in / 32;
+    if (w.dtype != SN_DTYPE_Q8_0)
         for (int32_t i = 0; i < n; i++)
             for (int32_t k = 0; k < nb; k++) {
                 const float *xb = x + (size_t)i * in + (size_t)k * 32;
@@ -525,28 +520,17 @@ static void matmul_quant(cpu_backend *b, float *out, const float *x, int32_t n, 
                     s += xb[j];
                 b->xsum[(size_t)i * nb + k] = s;
             }
-#pragma omp parallel
-    {
-#ifdef _OPENMP
-        float *wr = b->wrow + (size_t)omp_get_thread_num() * scratch;
-#else
-        float *wr = b->wrow;
-#endif
-#pragma omp for schedule(static)
-        for (int32_t r = 0; r < out_f; r++) {
-            const uint8_t *row = (const uint8_t *)w.p + (size_t)r * row_bytes;
-            if (!direct)
-                sn_convert_to_f32(w.dtype, row, wr, (size_t)in);
-            for (int32_t i = 0; i < n; i++) {
-                const float *xi = x + (size_t)i * in;
-                float d;
-                if (!direct)
-                    d = dot(wr, xi, in);
-                else
-                    d = (w.dtype == SN_DTYPE_Q8_0 ? b->row_q8 : b->row_q4)(row, xi, b->xsum + (size_t)i * nb, nb,
-                                                                         w.dtype == SN_DTYPE_Q4_1);
-                float *o = &out[(size_t)i * out_f + r];
-                *o = beta != 0.0f ? beta * *o + d : d;
+#pragma omp parallel for schedule(static)
+    for (int32_t r = 0; r < out_f; r++) {
+        float d[QTILE];
+        for (int32_t i0 = 0; i0 < n; i0 += QTILE) {
+            qrow q = {.w = (const uint8_t *)w.p + (size_t)r * row_bytes, .nb = nb, .dtype = w.dtype,
+                      .x = x + (size_t)i0 * in, .ldx = (size_t)in, .xs = b->xsum + (size_t)i0 * nb,
+                      .n = n - i0 < QTILE ? n - i0 : QTILE};
+            b->qrow_dot(&q, d);
+            for (int t = 0; t < q.n; t++) {
+                float *o = &out[(size_t)(i0 + t) * out_f + r];
+                *o = beta != 0.0f ? beta * *o + d[t] : d[t];
             }
         }
     }

@@ -3,9 +3,11 @@
  * KV cache, in fp32 over F32/F16/BF16 weights, on all cores.
  *
  * The reference every other backend is tested against, and fast in its own right:
- * projections are OpenBLAS sgemm calls over the whole batch (one GEMM per weight per step, so
- * prefill chunks run at GEMM speed), attention is a vectorised loop over the paged cache
- * parallelised across (token, head) pairs.
+ * projections of prefill-sized batches are OpenBLAS sgemm calls (one GEMM per weight per step,
+ * so prefill chunks run at GEMM speed); decode-sized batches (up to 8 tokens) and quantised
+ * weights go through our own row kernels, which read each weight row once for every token of
+ * the batch (AVX2+FMA where the CPU has it); attention is a vectorised loop over the paged
+ * cache parallelised across (token, head) pairs.
  *
  * Tensor parallelism runs here as shards in one process, laid out as NCCL ranks would be:
  * shard s owns a contiguous slice of query heads (and their KV heads) and of FFN columns,
@@ -15,9 +17,8 @@
  * (q, k, v, gate, up) is a pointer offset, and of a column-split one (o, down) a pointer
  * offset with the full row as leading dimension. F16/BF16 weights are converted once at open.
  * Block-quantised weights (Q8_0, Q4_0, Q4_1 from GGUF files) stay quantised in the mapping:
- * their matrix products dequantise one weight row at a time into a per-thread scratch row and
- * take its dot products with every token of the batch, so each quantised byte is read once
- * per step and the weights never exist as a float copy.
+ * the row kernels decode each 32-weight block to floats in registers and multiply it with
+ * every token's activations, so the weights never exist as a float copy.
  */
 #include <cblas.h>
 #include <math.h>
@@ -378,13 +379,16 @@ static inline float scale_of(const uint8_t *p)
 
 static void qrow_dot_c(const qrow *r, float *out)
 {
-    const int q8 = r->dtype == SN_DTYPE_Q8_0, has_min = r->dtype == SN_DTYPE_Q4_1;
-    const size_t bytes = q8 ? 34 : has_min ? 20 : 18;
+    const int f32 = r->dtype == SN_DTYPE_F32, q8 = r->dtype == SN_DTYPE_Q8_0 || f32,
+              has_min = r->dtype == SN_DTYPE_Q4_1;
+    const size_t bytes = f32 ? 128 : q8 ? 34 : has_min ? 20 : 18;
     float acc[QTILE][8] = {{0}}, mins[QTILE] = {0};
     const uint8_t *w = r->w;
     for (int32_t b = 0; b < r->nb; b++, w += bytes) {
         float v[32];
-        if (q8) {
+        if (f32) {
+            memcpy(v, w, sizeof v);
+        } else if (q8) {
             for (int j = 0; j < 32; j++)
                 v[j] = (float)(int8_t)w[2 + j];
         } else {
@@ -394,7 +398,7 @@ static void qrow_dot_c(const qrow *r, float *out)
                 v[j + 16] = (float)(q[j] >> 4);
             }
         }
-        const float d = scale_of(w), m = q8 ? 0.0f : has_min ? scale_of(w + 2) : -8.0f * d;
+        const float d = f32 ? 1.0f : scale_of(w), m = q8 ? 0.0f : has_min ? scale_of(w + 2) : -8.0f * d;
         for (int t = 0; t < r->n; t++) {
             const float *x = r->x + t * r->ldx + (size_t)b * 32;
             float lane[8] = {0};
@@ -438,8 +442,9 @@ SN_AVX2 static inline float half_avx(const uint8_t *p)
  * with the tile's n. */
 SN_AVX2 static inline __attribute__((always_inline)) void qrow_avx2_n(const qrow *r, float *out, const int n)
 {
-    const int q8 = r->dtype == SN_DTYPE_Q8_0, has_min = r->dtype == SN_DTYPE_Q4_1;
-    const size_t bytes = q8 ? 34 : has_min ? 20 : 18;
+    const int f32 = r->dtype == SN_DTYPE_F32, q8 = r->dtype == SN_DTYPE_Q8_0 || f32,
+              has_min = r->dtype == SN_DTYPE_Q4_1;
+    const size_t bytes = f32 ? 128 : q8 ? 34 : has_min ? 20 : 18;
     const __m128i low4 = _mm_set1_epi8(0x0F);
     __m256 acc[QTILE];
     float mins[QTILE] = {0};
@@ -448,7 +453,12 @@ SN_AVX2 static inline __attribute__((always_inline)) void qrow_avx2_n(const qrow
     const uint8_t *w = r->w;
     for (int32_t b = 0; b < r->nb; b++, w += bytes) {
         __m256 v0, v1, v2, v3; /* the block's 32 integers as floats */
-        if (q8) {
+        if (f32) {
+            v0 = _mm256_loadu_ps((const float *)w);
+            v1 = _mm256_loadu_ps((const float *)w + 8);
+            v2 = _mm256_loadu_ps((const float *)w + 16);
+            v3 = _mm256_loadu_ps((const float *)w + 24);
+        } else if (q8) {
             const __m128i a = _mm_loadu_si128((const __m128i *)(w + 2));
             const __m128i c = _mm_loadu_si128((const __m128i *)(w + 18));
             v0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(a));
@@ -463,7 +473,7 @@ SN_AVX2 static inline __attribute__((always_inline)) void qrow_avx2_n(const qrow
             v2 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
             v3 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
         }
-        const float df = half_avx(w), m = q8 ? 0.0f : has_min ? half_avx(w + 2) : -8.0f * df;
+        const float df = f32 ? 1.0f : half_avx(w), m = q8 ? 0.0f : has_min ? half_avx(w + 2) : -8.0f * df;
         const __m256 d = _mm256_set1_ps(df);
         for (int t = 0; t < n; t++) {
             const float *x = r->x + t * r->ldx + (size_t)b * 32;
@@ -511,7 +521,7 @@ static void matmul_quant(cpu_backend *b, float *out, const float *x, int32_t n, 
 {
     const size_t row_bytes = (size_t)w.ld / (size_t)sn_dtype_block_elems(w.dtype) * sn_dtype_size(w.dtype);
     const int32_t nb = in / 32;
-    if (w.dtype != SN_DTYPE_Q8_0)
+    if (w.dtype == SN_DTYPE_Q4_0 || w.dtype == SN_DTYPE_Q4_1)
         for (int32_t i = 0; i < n; i++)
             for (int32_t k = 0; k < nb; k++) {
                 const float *xb = x + (size_t)i * in + (size_t)k * 32;
@@ -536,13 +546,15 @@ static void matmul_quant(cpu_backend *b, float *out, const float *x, int32_t n, 
     }
 }
 
-/* out (n, out_f) = x (n, in) . W^T, W a view of (out_f, in). One row is a matrix-vector
- * product: sgemv streams the weights once, where sgemm would first pack (copy) them, which
- * at batch 1 doubles the memory traffic that bounds decoding. */
+/* out (n, out_f) = x (n, in) . W^T, W a view of (out_f, in). Quantised weights, and F32
+ * ones at up to QTILE tokens (decode), go through the row kernels above, which stream each
+ * weight row once for all the tokens; larger F32 batches (prefill, big decode batches) are
+ * sgemm's, whose packing pays off there. Odd widths (not whole 32-element blocks) fall back
+ * to sgemv/sgemm. */
 static void matmul(cpu_backend *b, float *out, const float *x, int32_t n, int32_t in, wview w,
                    int32_t out_f, float beta)
 {
-    if (w.dtype != SN_DTYPE_F32)
+    if (w.dtype != SN_DTYPE_F32 || (n <= QTILE && in % 32 == 0))
         matmul_quant(b, out, x, n, in, w, out_f, beta);
     else if (n == 1)
         cblas_sgemv(CblasRowMajor, CblasNoTrans, out_f, in, 1.0f, w.p, w.ld, x, 1, beta, out, 1);

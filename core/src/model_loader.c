@@ -315,6 +315,25 @@ static sn_status find(const loader *ld, const char *name, const char *hint, cons
     return sn_fail(SN_ERR_INTERNAL, "%s: shard '%s' was not opened", ld->weights_path, json_string_value(shard));
 }
 
+/* t must have the shape (d0[, d1]) (d1 0: a vector) that implied_by (a file, "the
+ * metadata") implies; else an error naming t's file and name. */
+static sn_status check_shape(const sn_tensor *t, int64_t d0, int64_t d1, const char *implied_by)
+{
+    int ndim = d1 ? 2 : 1;
+    if (t->ndim == ndim && t->shape[0] == d0 && (!d1 || t->shape[1] == d1))
+        return SN_OK;
+    char found[128] = "(", want[64];
+    for (int k = 0; k < t->ndim; k++)
+        snprintf(found + strlen(found), sizeof found - strlen(found), "%s%lld", k ? ", " : "", (long long)t->shape[k]);
+    strcat(found, ")");
+    if (d1)
+        snprintf(want, sizeof want, "(%lld, %lld)", (long long)d0, (long long)d1);
+    else
+        snprintf(want, sizeof want, "(%lld)", (long long)d0);
+    return sn_fail(SN_ERR_FORMAT, "%s: tensor '%s' has shape %s but %s implies %s", t->file, t->name, found,
+                   implied_by, want);
+}
+
 /* Binds name, which must have the shape (d0[, d1]) (d1 0: a vector). */
 static sn_status bind(const loader *ld, const char *name, int64_t d0, int64_t d1, const char *hint,
                       const sn_tensor **out)
@@ -323,30 +342,59 @@ static sn_status bind(const loader *ld, const char *name, int64_t d0, int64_t d1
     sn_status st = find(ld, name, hint, &t);
     if (st != SN_OK)
         return st;
-    int ndim = d1 ? 2 : 1;
-    if (t->ndim != ndim || t->shape[0] != d0 || (d1 && t->shape[1] != d1)) {
-        char found[128] = "(", want[64];
-        for (int k = 0; k < t->ndim; k++)
-            snprintf(found + strlen(found), sizeof found - strlen(found), "%s%lld", k ? ", " : "",
-                     (long long)t->shape[k]);
-        strcat(found, ")");
-        if (d1)
-            snprintf(want, sizeof want, "(%lld, %lld)", (long long)d0, (long long)d1);
-        else
-            snprintf(want, sizeof want, "(%lld)", (long long)d0);
-        return sn_fail(SN_ERR_FORMAT, "%s: tensor '%s' has shape %s but %s implies %s", t->file, name, found,
-                       ld->config_path, want);
-    }
+    if ((st = check_shape(t, d0, d1, ld->config_path)) != SN_OK)
+        return st;
     *out = t;
     return SN_OK;
+}
+
+/* A layer's tensors: Hugging Face and llama.cpp (GGUF) names, their slot, and their shape as
+ * (rows, columns) in units of the configuration: H hidden, Q query heads x head_dim, K KV
+ * heads x head_dim, I intermediate, 0 none (a vector). */
+static const struct {
+    const char *hf, *gguf;
+    size_t offset;
+    char rows, cols;
+} layer_slots[] = {
+    {"input_layernorm", "attn_norm", offsetof(sn_layer_weights, attn_norm), 'H', 0},
+    {"self_attn.q_proj", "attn_q", offsetof(sn_layer_weights, wq), 'Q', 'H'},
+    {"self_attn.k_proj", "attn_k", offsetof(sn_layer_weights, wk), 'K', 'H'},
+    {"self_attn.v_proj", "attn_v", offsetof(sn_layer_weights, wv), 'K', 'H'},
+    {"self_attn.o_proj", "attn_output", offsetof(sn_layer_weights, wo), 'H', 'Q'},
+    {"post_attention_layernorm", "ffn_norm", offsetof(sn_layer_weights, ffn_norm), 'H', 0},
+    {"mlp.gate_proj", "ffn_gate", offsetof(sn_layer_weights, w_gate), 'I', 'H'},
+    {"mlp.up_proj", "ffn_up", offsetof(sn_layer_weights, w_up), 'I', 'H'},
+    {"mlp.down_proj", "ffn_down", offsetof(sn_layer_weights, w_down), 'H', 'I'},
+};
+#define N_LAYER_SLOTS (sizeof layer_slots / sizeof *layer_slots)
+
+static int64_t dim_of(const sn_model_config *c, char unit)
+{
+    switch (unit) {
+    case 'H': return c->hidden;
+    case 'Q': return (int64_t)c->n_heads * c->head_dim;
+    case 'K': return (int64_t)c->n_kv_heads * c->head_dim;
+    case 'I': return c->intermediate;
+    }
+    return 0;
+}
+
+static void slot_shape(const sn_model_config *c, size_t k, int64_t *d0, int64_t *d1)
+{
+    *d0 = dim_of(c, layer_slots[k].rows);
+    *d1 = dim_of(c, layer_slots[k].cols);
+}
+
+static const sn_tensor **layer_slot(sn_layer_weights *w, size_t k)
+{
+    return (const sn_tensor **)((char *)w + layer_slots[k].offset);
 }
 
 static sn_status bind_all(const loader *ld)
 {
     sn_model *m = ld->m;
     const sn_model_config *c = &m->cfg;
-    const int64_t H = c->hidden, I = c->intermediate, Q = (int64_t)c->n_heads * c->head_dim,
-                  KV = (int64_t)c->n_kv_heads * c->head_dim;
+    const int64_t H = c->hidden;
     sn_status st;
     if ((st = bind(ld, "model.embed_tokens.weight", c->vocab_size, H, "", &m->embed)) ||
         (st = bind(ld, "model.norm.weight", H, 0, "", &m->norm)))
@@ -358,27 +406,13 @@ static sn_status bind_all(const loader *ld)
         return st;
     if (!(m->layers = calloc((size_t)c->n_layers, sizeof *m->layers)))
         return sn_fail(SN_ERR_NOMEM, "out of memory");
-    const struct {
-        const char *suffix;
-        size_t offset;
-        int64_t d0, d1;
-    } slots[] = {
-        {"input_layernorm", offsetof(sn_layer_weights, attn_norm), H, 0},
-        {"self_attn.q_proj", offsetof(sn_layer_weights, wq), Q, H},
-        {"self_attn.k_proj", offsetof(sn_layer_weights, wk), KV, H},
-        {"self_attn.v_proj", offsetof(sn_layer_weights, wv), KV, H},
-        {"self_attn.o_proj", offsetof(sn_layer_weights, wo), H, Q},
-        {"post_attention_layernorm", offsetof(sn_layer_weights, ffn_norm), H, 0},
-        {"mlp.gate_proj", offsetof(sn_layer_weights, w_gate), I, H},
-        {"mlp.up_proj", offsetof(sn_layer_weights, w_up), I, H},
-        {"mlp.down_proj", offsetof(sn_layer_weights, w_down), H, I},
-    };
     for (int32_t l = 0; l < c->n_layers; l++)
-        for (size_t s = 0; s < sizeof slots / sizeof *slots; s++) {
+        for (size_t k = 0; k < N_LAYER_SLOTS; k++) {
             char name[160];
-            snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, slots[s].suffix);
-            const sn_tensor **slot = (const sn_tensor **)((char *)&m->layers[l] + slots[s].offset);
-            if ((st = bind(ld, name, slots[s].d0, slots[s].d1, "", slot)) != SN_OK)
+            int64_t d0, d1;
+            snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, layer_slots[k].hf);
+            slot_shape(c, k, &d0, &d1);
+            if ((st = bind(ld, name, d0, d1, "", layer_slot(m->layers + l, k))) != SN_OK)
                 return st;
         }
     return SN_OK;
@@ -609,22 +643,10 @@ static sn_status gguf_bind(sn_model *m, const char *name, int64_t d0, int64_t d1
         if (!gguf_dtype(g->tensors[i].type, &t->dtype))
             return sn_fail(SN_ERR_UNSUPPORTED, "%s: tensor '%s' is %s; this engine computes on F32, F16, BF16, Q8_0, Q4_0 and Q4_1",
                            g->path, name, sn_ggml_type_name(g->tensors[i].type, tb, sizeof tb));
-        int ndim = d1 ? 2 : 1;
-        if (t->ndim != ndim || t->shape[0] != d0 || (d1 && t->shape[1] != d1)) {
-            char found[128] = "(";
-            for (int k = 0; k < t->ndim; k++)
-                snprintf(found + strlen(found), sizeof found - strlen(found), "%s%lld", k ? ", " : "",
-                         (long long)t->shape[k]);
-            strcat(found, ")");
-            char want[64];
-            if (d1)
-                snprintf(want, sizeof want, "(%lld, %lld)", (long long)d0, (long long)d1);
-            else
-                snprintf(want, sizeof want, "(%lld)", (long long)d0);
-            return sn_fail(SN_ERR_FORMAT, "%s: tensor '%s' has shape %s (rows, columns) but the metadata implies %s",
-                           g->path, name, found, want);
-        }
-        if (ndim == 1 && t->dtype != SN_DTYPE_F32 && t->dtype != SN_DTYPE_F16 && t->dtype != SN_DTYPE_BF16)
+        sn_status st = check_shape(t, d0, d1, "the metadata");
+        if (st != SN_OK)
+            return st;
+        if (!d1 && t->dtype != SN_DTYPE_F32 && t->dtype != SN_DTYPE_F16 && t->dtype != SN_DTYPE_BF16)
             return sn_fail(SN_ERR_UNSUPPORTED, "%s: norm tensor '%s' is %s; norms must be F32, F16 or BF16", g->path,
                            name, sn_dtype_name(t->dtype));
         *out = t;
@@ -664,8 +686,7 @@ static sn_status open_gguf(sn_model *m, const char *path)
         t->dtype = SN_DTYPE_F32; /* checked when bound */
     }
     const sn_model_config *c = &m->cfg;
-    const int64_t H = c->hidden, I = c->intermediate, Q = (int64_t)c->n_heads * c->head_dim,
-                  KV = (int64_t)c->n_kv_heads * c->head_dim;
+    const int64_t H = c->hidden;
     if ((st = gguf_bind(m, "token_embd.weight", c->vocab_size, H, &m->embed)) ||
         (st = gguf_bind(m, "output_norm.weight", H, 0, &m->norm)))
         return st;
@@ -675,27 +696,13 @@ static sn_status open_gguf(sn_model *m, const char *path)
         return st;
     if (!(m->layers = calloc((size_t)c->n_layers, sizeof *m->layers)))
         return sn_fail(SN_ERR_NOMEM, "out of memory");
-    const struct {
-        const char *suffix;
-        size_t offset;
-        int64_t d0, d1;
-    } slots[] = {
-        {"attn_norm", offsetof(sn_layer_weights, attn_norm), H, 0},
-        {"attn_q", offsetof(sn_layer_weights, wq), Q, H},
-        {"attn_k", offsetof(sn_layer_weights, wk), KV, H},
-        {"attn_v", offsetof(sn_layer_weights, wv), KV, H},
-        {"attn_output", offsetof(sn_layer_weights, wo), H, Q},
-        {"ffn_norm", offsetof(sn_layer_weights, ffn_norm), H, 0},
-        {"ffn_gate", offsetof(sn_layer_weights, w_gate), I, H},
-        {"ffn_up", offsetof(sn_layer_weights, w_up), I, H},
-        {"ffn_down", offsetof(sn_layer_weights, w_down), H, I},
-    };
     for (int32_t l = 0; l < c->n_layers; l++)
-        for (size_t s = 0; s < sizeof slots / sizeof *slots; s++) {
+        for (size_t k = 0; k < N_LAYER_SLOTS; k++) {
             char name[96];
-            snprintf(name, sizeof name, "blk.%d.%s.weight", l, slots[s].suffix);
-            const sn_tensor **slot = (const sn_tensor **)((char *)&m->layers[l] + slots[s].offset);
-            if ((st = gguf_bind(m, name, slots[s].d0, slots[s].d1, slot)) != SN_OK)
+            int64_t d0, d1;
+            snprintf(name, sizeof name, "blk.%d.%s.weight", l, layer_slots[k].gguf);
+            slot_shape(c, k, &d0, &d1);
+            if ((st = gguf_bind(m, name, d0, d1, layer_slot(m->layers + l, k))) != SN_OK)
                 return st;
         }
     const sn_tensor *freqs;

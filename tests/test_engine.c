@@ -15,42 +15,35 @@
 #include <unistd.h>
 
 #include "sensorium/sensorium.h"
+#include "test_util.h"
 
 #define TOL 1e-4
 
-static char dir[64];
+static void setup(void) { sn_test_mkdir("sn_engine"); }
 
-static void setup(void)
-{
-    strcpy(dir, "/tmp/sn_engine_XXXXXX");
-    cr_assert_not_null(mkdtemp(dir));
-}
+TestSuite(engine, .init = setup, .fini = sn_test_rmdir, .timeout = 240);
 
-static void teardown(void)
-{
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    cr_expect_eq(system(cmd), 0);
-}
-
-TestSuite(engine, .init = setup, .fini = teardown, .timeout = 240);
-
-/* Writes a model with make_model.py ARGS into dir/NAME; returns its path (static buffer). */
-static const char *make_model(const char *name, const char *args)
+/* Writes a model with tests/reference/SCRIPT ARGS as sn_test_dir/NAME (+ ext); returns its path
+ * (a static buffer: one model at a time). */
+static const char *write_model(const char *script, const char *name, const char *ext, const char *args)
 {
     static char path[128];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    char cmd[1024];
-    snprintf(cmd, sizeof cmd, "python3 %s/tests/reference/make_model.py %s %s", SN_SOURCE_DIR, path, args);
-    cr_assert_eq(system(cmd), 0, "make_model.py failed: %s", cmd);
+    snprintf(path, sizeof path, "%s/%s%s", sn_test_dir, name, ext);
+    sn_test_sh("python3 %s/tests/reference/%s %s %s", SN_SOURCE_DIR, script, path, args);
     return path;
+}
+
+/* A Hugging Face folder or Sensorium package from make_model.py. */
+static const char *make_model(const char *name, const char *args)
+{
+    return write_model("make_model.py", name, "", args);
 }
 
 /* The reference logits of every position (T, vocab), malloc'ed. */
 static float *reference(const char *model, const int32_t *tokens, size_t n, int32_t vocab)
 {
     char cmd[4096], out[128];
-    snprintf(out, sizeof out, "%s/ref.npy", dir);
+    snprintf(out, sizeof out, "%s/ref.npy", sn_test_dir);
     int len = snprintf(cmd, sizeof cmd, "python3 %s/tests/reference/llama_ref.py %s %s", SN_SOURCE_DIR, model, out);
     for (size_t i = 0; i < n; i++)
         len += snprintf(cmd + len, sizeof cmd - (size_t)len, " %d", tokens[i]);
@@ -98,17 +91,6 @@ static void prompt(int32_t *t, size_t n, int32_t vocab, uint32_t seed)
     }
 }
 
-/* Writes a GGUF with make_gguf.py ARGS as dir/NAME.gguf; returns its path (static buffer). */
-static const char *make_gguf(const char *name, const char *args)
-{
-    static char path[128];
-    snprintf(path, sizeof path, "%s/%s.gguf", dir, name);
-    char cmd[1024];
-    snprintf(cmd, sizeof cmd, "python3 %s/tests/reference/make_gguf.py %s %s", SN_SOURCE_DIR, path, args);
-    cr_assert_eq(system(cmd), 0, "make_gguf.py failed: %s", cmd);
-    return path;
-}
-
 /* Feeds tokens one step at a time and checks the logits of every position. */
 static void check_logits(const char *model, const char *name, const char *args, int32_t vocab, int tp)
 {
@@ -152,7 +134,7 @@ static void check_model(const char *name, const char *args, int32_t vocab, int t
  * permuted Q/K rows; the reference dequantises with the gguf package and un-permutes. */
 static void check_gguf(const char *name, const char *args, int32_t vocab, int tp)
 {
-    check_logits(make_gguf(name, args), name, args, vocab, tp);
+    check_logits(write_model("make_gguf.py", name, ".gguf", args), name, args, vocab, tp);
 }
 
 Test(engine, gguf_models_match_the_numpy_reference)
@@ -485,7 +467,7 @@ Test(engine, bad_requests_are_clear_errors)
     o.backend = "cuda";
     cr_expect_eq(sn_engine_open(&o, &e), SN_ERR_UNSUPPORTED);
     o.backend = "cpu";
-    o.model_dir = dir;
+    o.model_dir = sn_test_dir;
     cr_expect_eq(sn_engine_open(&o, &e), SN_ERR_NOT_FOUND);
     cr_expect_not_null(strstr(sn_errmsg(), "not a model folder"), "%s", sn_errmsg());
 }

@@ -12,7 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
+#include "extend.h"
 #include "sensorium/sensorium.h"
 
 #define EXIT_USAGE 2
@@ -1182,10 +1184,175 @@ static const char main_help[] =
     "  fit          learn a plugin's codebook or value ranges from data\n"
     "  run          feed stimuli to a model and decode the actions it generates\n"
     "  info         print a model's architecture and vocabulary layout\n"
+    "  extend       add plugins' id ranges to a model's vocabulary, write a new model package\n"
     "\n"
     "`sensorium COMMAND --help` describes each. Plugins are searched in --plugin-path, then\n"
     "SENSORIUM_PLUGIN_PATH (colon-separated folders or .so files), then the build's plugin\n"
     "folder. Exit status: 0 ok, 1 runtime error, 2 usage error.\n";
+
+/* ---------------------------------------------------------------------------------------- */
+/* sensorium extend                                                                         */
+/* ---------------------------------------------------------------------------------------- */
+
+static const char extend_help[] =
+    "usage: sensorium extend -m MODEL_DIR --add MODALITY:PLUGIN[:CONFIG_JSON|@FILE] [--add ...]\n"
+    "                        -o OUT_DIR [--seed S] [--data-dir DIR] [--force] [--plugin-path DIRS]\n"
+    "\n"
+    "Adds plugins' id ranges to a model's vocabulary and writes the extended model to OUT_DIR,\n"
+    "to be fine-tuned elsewhere. For each --add, in order, a begin marker, an end marker and the\n"
+    "plugin's ids (as many as it has under CONFIG) are appended after the current ids. The\n"
+    "embedding, and the output head unless tied, gains a row per new id drawn from a normal\n"
+    "distribution with the mean and covariance of its existing rows; existing rows and every\n"
+    "other tensor are copied unchanged, each in its dtype.\n"
+    "  --add       MODALITY:PLUGIN, MODALITY:PLUGIN:{...} (a JSON object) or\n"
+    "              MODALITY:PLUGIN:@FILE (a file holding one); the modality must be new\n"
+    "  --seed S    seed of the new rows (default 0): the same seed gives the same bytes\n"
+    "  --data-dir  where the added plugins find their data files (default MODEL_DIR)\n"
+    "  --force     write into a non-empty OUT_DIR, replacing the files extend writes\n"
+    "MODEL_DIR is a Sensorium package (sensorium.json with architecture and weights) or a\n"
+    "Hugging Face folder (config.json with eos_token_id, safetensors weights): there a\n"
+    "tokenizer.json makes the existing ids a 'text' segment of plugin text.bpe without markers;\n"
+    "without one they stay raw ids, outside any segment. OUT_DIR gets sensorium.json,\n"
+    "config.json (the architecture, for Hugging Face tools), model.safetensors, the data files\n"
+    "the configurations name (and PLUGIN.npy) and the tokenizer files there are.\n";
+
+/* Progress on one line that rewrites itself on a terminal; otherwise a line per tenth. */
+static void cli_progress(void *ctx, size_t done, size_t total)
+{
+    int tty = *(const int *)ctx;
+    if (tty)
+        fprintf(stderr, "\rwriting model.safetensors: %zu/%zu tensors%s", done, total, done == total ? "\n" : "");
+    else if (done == total || done * 10 / total != (done - 1) * 10 / total)
+        fprintf(stderr, "writing model.safetensors: %zu/%zu tensors\n", done, total);
+}
+
+static int cmd_extend(int argc, char **argv)
+{
+    sn_extend_opts o = {0};
+    const char *plugin_path = NULL;
+    sn_extend_add *adds = calloc((size_t)argc + 1, sizeof *adds);
+    char **owned = calloc((size_t)argc + 1, sizeof *owned); /* the strings adds point into */
+    size_t n_owned = 0;
+    sn_extend_range *ranges = NULL;
+    sn_plugins *ps = NULL;
+    int rc = 0;
+    if (!adds || !owned) {
+        rc = fail("out of memory");
+        goto done;
+    }
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            fputs(extend_help, stdout);
+            goto done;
+        }
+        if (strcmp(a, "--force") == 0) {
+            o.force = 1;
+            continue;
+        }
+        int known = strcmp(a, "-m") == 0 || strcmp(a, "--model") == 0 || strcmp(a, "--add") == 0 ||
+                    strcmp(a, "--seed") == 0 || strcmp(a, "--plugin-path") == 0 || strcmp(a, "--data-dir") == 0 ||
+                    strcmp(a, "-o") == 0 || strcmp(a, "--output") == 0;
+        if (!known) {
+            rc = a[0] == '-' ? usage_error("extend", "extend: unknown option '%s'", a)
+                             : usage_error("extend", "extend: unexpected argument '%s'", a);
+            goto done;
+        }
+        if (!v) {
+            rc = usage_error("extend", "extend: option '%s' needs a value", a);
+            goto done;
+        }
+        i++;
+        if (strcmp(a, "-m") == 0 || strcmp(a, "--model") == 0)
+            o.model_dir = v;
+        else if (strcmp(a, "-o") == 0 || strcmp(a, "--output") == 0)
+            o.out_dir = v;
+        else if (strcmp(a, "--plugin-path") == 0)
+            plugin_path = v;
+        else if (strcmp(a, "--data-dir") == 0)
+            o.data_dir = v;
+        else if (strcmp(a, "--seed") == 0) {
+            char *end;
+            errno = 0;
+            o.seed = strtoull(v, &end, 10);
+            if (errno || *end || end == v || v[0] == '-') {
+                rc = usage_error("extend", "extend: --seed needs a non-negative integer, not '%s'", v);
+                goto done;
+            }
+        } else { /* --add MODALITY:PLUGIN[:CONFIG] */
+            const char *c1 = strchr(v, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+            const char *plugin_end = c2 ? c2 : c1 ? c1 + strlen(c1) : NULL;
+            if (!c1 || c1 == v || plugin_end == c1 + 1) {
+                rc = usage_error("extend", "extend: --add wants MODALITY:PLUGIN[:CONFIG_JSON|@FILE], not '%s'", v);
+                goto done;
+            }
+            sn_extend_add *add = &adds[o.n_adds++];
+            char *mod = owned[n_owned++] = malloc(strlen(v) + 1);
+            if (!mod) {
+                rc = fail("out of memory");
+                goto done;
+            }
+            strcpy(mod, v);
+            mod[c1 - v] = '\0';
+            mod[plugin_end - v] = '\0';
+            add->modality = mod;
+            add->plugin = mod + (c1 - v) + 1;
+            const char *config = c2 ? c2 + 1 : NULL;
+            if (config && !(config = owned[n_owned++] = read_config(config))) {
+                rc = EXIT_FAILURE;
+                goto done;
+            }
+            add->config_json = config;
+        }
+    }
+    if (!o.model_dir) {
+        rc = usage_error("extend", "extend: -m MODEL_DIR is required");
+        goto done;
+    }
+    if (!o.n_adds) {
+        rc = usage_error("extend", "extend: give at least one --add MODALITY:PLUGIN[:CONFIG]");
+        goto done;
+    }
+    if (!o.out_dir) {
+        rc = usage_error("extend", "extend: -o OUT_DIR is required");
+        goto done;
+    }
+    if (sn_plugins_open(plugin_path, 0, &ps) != SN_OK) {
+        rc = fail("%s", sn_errmsg());
+        goto done;
+    }
+    int tty = isatty(fileno(stderr));
+    o.adds = adds;
+    o.progress = cli_progress;
+    o.progress_ctx = &tty;
+    if (!(ranges = calloc(o.n_adds, sizeof *ranges))) {
+        rc = fail("out of memory");
+        goto done;
+    }
+    sn_status st = sn_extend(ps, &o, ranges);
+    if (st != SN_OK) {
+        rc = fail("%s", sn_errmsg());
+        /* a missing plugin is often among the files that failed to load */
+        if (strstr(sn_errmsg(), "unknown plugin"))
+            for (size_t i = 0; i < sn_plugins_error_count(ps); i++)
+                fprintf(stderr, "  not loaded: %s\n", sn_plugins_error(ps, i));
+        goto done;
+    }
+    const sn_extend_range *last = &ranges[o.n_adds - 1];
+    fprintf(stderr, "%s (%d ids) -> %s (%u ids):\n", o.model_dir, ranges[0].begin, o.out_dir,
+            last->start + last->size);
+    for (size_t i = 0; i < o.n_adds; i++)
+        fprintf(stderr, "  %-12s %-18s begin %d, end %d, ids %u..%u\n", adds[i].modality, adds[i].plugin,
+                ranges[i].begin, ranges[i].end, ranges[i].start, ranges[i].start + ranges[i].size - 1);
+done:
+    sn_plugins_close(ps);
+    free(ranges);
+    for (size_t i = 0; owned && i < n_owned; i++)
+        free(owned[i]);
+    free(owned);
+    free(adds);
+    return rc;
+}
 
 int main(int argc, char **argv)
 {
@@ -1240,6 +1407,8 @@ int main(int argc, char **argv)
         rc = cmd_run(sub_argc, sub_argv);
     else if (strcmp(cmd, "info") == 0)
         rc = cmd_info(sub_argc, sub_argv);
+    else if (strcmp(cmd, "extend") == 0)
+        rc = cmd_extend(sub_argc, sub_argv);
     else
         rc = usage_error(NULL, "unknown command '%s'", cmd);
     free(args);

@@ -114,6 +114,9 @@ const float *sn_model_rope_factors(const sn_model *m);
 /* The GGUF file the model came from, or NULL for safetensors models. */
 const char *sn_model_gguf_path(const sn_model *m);
 
+/* Reads a JSON file (duplicate keys refused); errors name the file (and line:column). */
+sn_status sn_json_load(const char *path, json_t **out);
+
 /* Converts n elements of a tensor's dtype to float32 (the CPU backend's compute type); for a
  * block type n is a multiple of the block and src starts at a block. Bit-identical to the
  * gguf Python package's dequantisation. */

@@ -60,6 +60,18 @@ void sn_convert_to_f32(sn_dtype dtype, const void *src, float *dst, size_t n)
     sn_ggml_dequantize(ggml_type_of(dtype), src, dst, n);
 }
 
+sn_status sn_json_load(const char *path, json_t **out)
+{
+    json_error_t jerr;
+    if ((*out = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr)))
+        return SN_OK;
+    if (json_error_code(&jerr) == json_error_cannot_open_file) {
+        int err = errno;
+        return sn_fail(err == ENOENT ? SN_ERR_NOT_FOUND : SN_ERR_IO, "%s: cannot open: %s", path, strerror(err));
+    }
+    return sn_fail(SN_ERR_FORMAT, "%s:%d:%d: malformed JSON: %s", path, jerr.line, jerr.column, jerr.text);
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* Configuration                                                                            */
 /* ---------------------------------------------------------------------------------------- */
@@ -493,18 +505,6 @@ static sn_status open_shards(loader *ld, const char *dir, json_t *index)
     return SN_OK;
 }
 
-/* Reads a JSON file (duplicate keys refused). */
-static sn_status load_json(const char *path, json_t **out)
-{
-    json_error_t jerr;
-    if ((*out = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr)))
-        return SN_OK;
-    if (json_error_code(&jerr) == json_error_cannot_open_file) {
-        int err = errno;
-        return sn_fail(err == ENOENT ? SN_ERR_NOT_FOUND : SN_ERR_IO, "%s: cannot open: %s", path, strerror(err));
-    }
-    return sn_fail(SN_ERR_FORMAT, "%s:%d:%d: malformed JSON: %s", path, jerr.line, jerr.column, jerr.text);
-}
 
 /* Maps what weights (relative to dir) names: one .safetensors file, or an index .json of
  * shards. */
@@ -513,7 +513,7 @@ static sn_status open_weights(loader *ld, const char *dir, const char *weights, 
     sn_model *m = ld->m;
     size_t len = strlen(weights);
     if (len > 5 && strcmp(weights + len - 5, ".json") == 0) {
-        sn_status st = load_json(ld->weights_path, index);
+        sn_status st = sn_json_load(ld->weights_path, index);
         return st != SN_OK ? st : open_shards(ld, dir, *index);
     }
     if (!(m->files = calloc(1, sizeof *m->files)))
@@ -742,7 +742,7 @@ sn_status sn_model_open(const char *dir, sn_model **out)
     if ((st = sn_str_printf(&config_path, "%s/sensorium.json", dir)) != SN_OK)
         goto done;
     if (file_exists(config_path.s)) {
-        if ((st = load_json(config_path.s, &root)) != SN_OK)
+        if ((st = sn_json_load(config_path.s, &root)) != SN_OK)
             goto done;
         json_t *arch = json_is_object(root) ? json_object_get(root, "architecture") : NULL;
         json_t *w = json_is_object(root) ? json_object_get(root, "weights") : NULL;
@@ -772,7 +772,7 @@ sn_status sn_model_open(const char *dir, sn_model **out)
             st = sn_fail(SN_ERR_NOT_FOUND, "%s: neither sensorium.json nor config.json: not a model folder", dir);
             goto done;
         }
-        if ((st = load_json(config_path.s, &root)) != SN_OK ||
+        if ((st = sn_json_load(config_path.s, &root)) != SN_OK ||
             (st = sn_model_config_parse(root, config_path.s, &m->cfg)) != SN_OK)
             goto done;
         /* the single file first, as transformers looks */

@@ -253,3 +253,107 @@ const sn_tensor *sn_st_find(const sn_st_file *f, const char *name)
     sn_tensor key = {.name = name};
     return bsearch(&key, f->tensors, f->n, sizeof *f->tensors, by_name);
 }
+
+/* ---------------------------------------------------------------------------------------- */
+/* Writing                                                                                  */
+/* ---------------------------------------------------------------------------------------- */
+
+/* Writes len bytes, naming the file and tensor on failure (a full disk, mostly). */
+static sn_status write_all(FILE *fp, const char *path, const char *what, const void *p, size_t len)
+{
+    if (len && fwrite(p, 1, len, fp) != len)
+        return sn_fail(SN_ERR_IO, "%s: cannot write %s: %s", path, what, strerror(errno));
+    return SN_OK;
+}
+
+/* The header: every tensor's dtype, shape and data_offsets, in the given order, padded with
+ * spaces to a multiple of 8. */
+static sn_status build_header(const char *path, const sn_st_out *ts, size_t n, char **text, size_t *len)
+{
+    json_t *hdr = json_object(), *meta = json_object();
+    if (!hdr || !meta || json_object_set_new(meta, "format", json_string("pt")) ||
+        json_object_set_new(hdr, "__metadata__", meta)) {
+        json_decref(hdr);
+        return sn_fail(SN_ERR_NOMEM, "out of memory");
+    }
+    uint64_t off = 0;
+    sn_status st = SN_OK;
+    for (size_t i = 0; i < n && st == SN_OK; i++) {
+        const sn_st_out *t = &ts[i];
+        uint64_t numel = 1;
+        json_t *shape = json_array(), *e = json_object();
+        const int ndim = t->ndim < 0 ? 0 : t->ndim > MAX_DIMS ? MAX_DIMS : t->ndim;
+        for (int k = 0; k < ndim; k++) {
+            numel *= (uint64_t)t->shape[k];
+            json_array_append_new(shape, json_integer(t->shape[k]));
+        }
+        const uint64_t bytes = (uint64_t)t->nbytes + t->tail_bytes;
+        const int plain = t->dtype == SN_DTYPE_F32 || t->dtype == SN_DTYPE_F16 || t->dtype == SN_DTYPE_BF16;
+        if (ndim != t->ndim || !plain || numel * sn_dtype_size(t->dtype) != bytes || (t->tail_bytes && !t->tail))
+            st = sn_fail(SN_ERR_INVALID_ARG, "%s: tensor '%s': %llu bytes given for its %s shape", path, t->name,
+                         (unsigned long long)bytes, sn_dtype_name(t->dtype));
+        else if (json_object_get(hdr, t->name))
+            st = sn_fail(SN_ERR_INVALID_ARG, "%s: tensor '%s' given twice", path, t->name);
+        json_t *offs = json_pack("[I, I]", (json_int_t)off, (json_int_t)(off + bytes));
+        if (st == SN_OK && (!shape || !e || !offs || json_object_set_new(e, "dtype", json_string(sn_dtype_name(t->dtype))) ||
+                            json_object_set(e, "shape", shape) || json_object_set(e, "data_offsets", offs) ||
+                            json_object_set(hdr, t->name, e)))
+            st = sn_fail(SN_ERR_NOMEM, "out of memory");
+        json_decref(shape);
+        json_decref(offs);
+        json_decref(e);
+        off += bytes;
+    }
+    char *s = st == SN_OK ? json_dumps(hdr, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    json_decref(hdr);
+    if (st != SN_OK)
+        return st;
+    size_t slen = s ? strlen(s) : 0, padded = (slen + 7) / 8 * 8;
+    char *p = s ? realloc(s, padded + 1) : NULL;
+    if (!p) {
+        free(s);
+        return sn_fail(SN_ERR_NOMEM, "out of memory");
+    }
+    memset(p + slen, ' ', padded - slen);
+    p[padded] = '\0';
+    *text = p;
+    *len = padded;
+    return SN_OK;
+}
+
+sn_status sn_st_write(const char *path, const sn_st_out *tensors, size_t n, sn_st_progress_fn progress, void *ctx)
+{
+    char *hdr = NULL;
+    size_t hlen = 0;
+    sn_status st = build_header(path, tensors, n, &hdr, &hlen);
+    if (st != SN_OK)
+        return st;
+    FILE *fp = fopen(path, "wb");
+    if (!fp) {
+        st = sn_fail(SN_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
+        free(hdr);
+        return st;
+    }
+    unsigned char len8[8];
+    for (int i = 0; i < 8; i++)
+        len8[i] = (unsigned char)((uint64_t)hlen >> (8 * i));
+    if ((st = write_all(fp, path, "the header", len8, 8)) == SN_OK)
+        st = write_all(fp, path, "the header", hdr, hlen);
+    free(hdr);
+    for (size_t i = 0; i < n && st == SN_OK; i++) {
+        char what[300];
+        snprintf(what, sizeof what, "tensor '%s'", tensors[i].name);
+        if ((st = write_all(fp, path, what, tensors[i].data, tensors[i].nbytes)) == SN_OK)
+            st = write_all(fp, path, what, tensors[i].tail, tensors[i].tail_bytes);
+        if (st == SN_OK && progress)
+            progress(ctx, i + 1, n);
+    }
+    /* the data must be on disk before a caller renames the file into place */
+    if (st == SN_OK && (fflush(fp) != 0 || fsync(fileno(fp)) != 0))
+        st = sn_fail(SN_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
+    if (fclose(fp) != 0 && st == SN_OK)
+        st = sn_fail(SN_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
+    if (st != SN_OK)
+        remove(path);
+    return st;
+}

@@ -450,32 +450,11 @@ sn_status sn_session_feed(sn_session *s, const char *modality, const sn_media *m
     sn_status st = session_stream(s, (size_t)seg, &stream);
     if (st != SN_OK)
         return st;
-    sn_plugin_instance *inst = sn_vocab_instance(s->engine->vocab, (size_t)seg);
-    sn_tokens local = {0};
-    st = sn_instance_encode(inst, stream, media, &local);
+    sn_tokens ids = {0};
+    st = sn_vocab_encode_segment(s->engine->vocab, (size_t)seg, stream, media, &ids);
     if (st == SN_OK)
-        st = sn_instance_encode_flush(inst, stream, &local);
-    if (st == SN_OK) {
-        sn_vocab_segment vs;
-        sn_vocab_segment_get(s->engine->vocab, (size_t)seg, &vs);
-        /* <begin:M> ids <end:M>, the local ids shifted into the segment's range; an open
-         * segment has no markers */
-        const size_t m = vs.begin >= 0 ? 1 : 0, n = local.n + 2 * m;
-        int32_t *ids = malloc((n ? n : 1) * sizeof *ids);
-        if (!ids)
-            st = sn_fail(SN_ERR_NOMEM, "out of memory");
-        else {
-            for (size_t i = 0; i < local.n; i++)
-                ids[i + m] = (int32_t)vs.start + local.ids[i];
-            if (m) {
-                ids[0] = vs.begin;
-                ids[n - 1] = vs.end;
-            }
-            st = append_tokens(s, ids, n);
-            free(ids);
-        }
-    }
-    sn_tokens_clear(&local);
+        st = append_tokens(s, ids.ids, ids.n);
+    sn_tokens_clear(&ids);
     return st;
 }
 

@@ -438,6 +438,39 @@ done:
     return st;
 }
 
+sn_status sn_vocab_encode_segment(const sn_vocab *v, size_t seg, sn_stream *stream, const sn_media *media,
+                                  sn_tokens *out)
+{
+    const vocab_seg *s = &v->segs[seg];
+    sn_tokens local = {0};
+    sn_status st = sn_instance_encode(s->inst, stream, media, &local);
+    if (st == SN_OK)
+        st = sn_instance_encode_flush(s->inst, stream, &local);
+    const size_t m = s->begin >= 0 ? 1 : 0, n = local.n + 2 * m;
+    if (st == SN_OK && out->cap < out->n + n) {
+        size_t cap = out->n + n + out->cap;
+        int32_t *grown = realloc(out->ids, cap * sizeof *grown);
+        if (!grown)
+            st = sn_fail(SN_ERR_NOMEM, "out of memory");
+        else {
+            out->ids = grown;
+            out->cap = cap;
+        }
+    }
+    if (st == SN_OK) {
+        int32_t *dst = out->ids + out->n;
+        for (size_t i = 0; i < local.n; i++)
+            dst[i + m] = (int32_t)s->start + local.ids[i];
+        if (m) {
+            dst[0] = s->begin;
+            dst[n - 1] = s->end;
+        }
+        out->n += n;
+    }
+    sn_tokens_clear(&local);
+    return st;
+}
+
 const int32_t *sn_vocab_stops(const sn_vocab *v, size_t *n)
 {
     *n = v ? v->n_stops : 0;

@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "dataset.h"
 #include "extend.h"
 #include "sensorium/sensorium.h"
 
@@ -1185,10 +1186,79 @@ static const char main_help[] =
     "  run          feed stimuli to a model and decode the actions it generates\n"
     "  info         print a model's architecture and vocabulary layout\n"
     "  extend       add plugins' id ranges to a model's vocabulary, write a new model package\n"
+    "  dataset      turn episodes into training sequences with a model's own tokenization\n"
     "\n"
     "`sensorium COMMAND --help` describes each. Plugins are searched in --plugin-path, then\n"
     "SENSORIUM_PLUGIN_PATH (colon-separated folders or .so files), then the build's plugin\n"
     "folder. Exit status: 0 ok, 1 runtime error, 2 usage error.\n";
+
+/* ---------------------------------------------------------------------------------------- */
+/* sensorium dataset                                                                        */
+/* ---------------------------------------------------------------------------------------- */
+
+static const char dataset_help[] =
+    "usage: sensorium dataset -m MODEL_DIR --episodes FILE.jsonl -o OUT [--split NAME]\n"
+    "                         [--targets-as-json MODALITY] [--plugin-path DIRS]\n"
+    "\n"
+    "Turns episodes (stimulus files and target actions, one JSON object per line) into\n"
+    "training sequences with MODEL_DIR's own plugins and vocabulary layout, the tokenization\n"
+    "inference uses: [bos] <each feed as a segment> <each target as a segment> eos. Writes\n"
+    "OUT.tokens.npy (int32, the sequences end to end), OUT.mask.npy (int32, 1 on the targets'\n"
+    "tokens and eos: the loss mask) and OUT.offsets.npy (int32, where each sequence starts,\n"
+    "and the end). An episode:\n"
+    "  {\"id\": \"e1\", \"split\": \"train\",\n"
+    "   \"feeds\": [{\"modality\": \"audio\", \"file\": \"audio/e1.wav\"}],\n"
+    "   \"targets\": [{\"modality\": \"action\", \"text\": \"stop\"},\n"
+    "               {\"modality\": \"joints\", \"values\": [[0.5, -1.0]]}]}\n"
+    "with files relative to the manifest. --split keeps one split; --targets-as-json writes\n"
+    "the targets as one JSON function call in a text modality instead (the text baseline).\n";
+
+static void dataset_progress(void *ctx, size_t done, size_t total)
+{
+    (void)ctx;
+    fprintf(stderr, "dataset: %zu/%zu manifest lines\n", done, total);
+}
+
+static int cmd_dataset(int argc, char **argv)
+{
+    sn_dataset_opts o = {0};
+    const char *plugin_path = NULL;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            fputs(dataset_help, stdout);
+            return 0;
+        }
+        if (!v)
+            return usage_error("dataset", "dataset: option '%s' %s", a,
+                               a[0] == '-' ? "needs a value or is unknown" : "is not an option");
+        i++;
+        if (strcmp(a, "-m") == 0 || strcmp(a, "--model") == 0) o.model_dir = v;
+        else if (strcmp(a, "--episodes") == 0) o.manifest = v;
+        else if (strcmp(a, "-o") == 0 || strcmp(a, "--output") == 0) o.out = v;
+        else if (strcmp(a, "--split") == 0) o.split = v;
+        else if (strcmp(a, "--targets-as-json") == 0) o.json_modality = v;
+        else if (strcmp(a, "--plugin-path") == 0) plugin_path = v;
+        else
+            return usage_error("dataset", "dataset: unknown option '%s'", a);
+    }
+    if (!o.model_dir || !o.manifest || !o.out)
+        return usage_error("dataset", "dataset: -m MODEL_DIR, --episodes FILE and -o OUT are required");
+    sn_plugins *ps;
+    if (sn_plugins_open(plugin_path, 0, &ps) != SN_OK)
+        return lib_fail();
+    o.plugins = ps;
+    o.progress = dataset_progress;
+    sn_dataset_stats stats;
+    int rc = 0;
+    if (sn_dataset_build(&o, &stats) != SN_OK)
+        rc = lib_fail();
+    else
+        fprintf(stderr, "%s: %zu episodes, %zu tokens (%zu answer tokens, loss-masked in), longest %zu -> %s.{tokens,mask,offsets}.npy\n",
+                o.manifest, stats.episodes, stats.tokens, stats.target_tokens, stats.longest, o.out);
+    sn_plugins_close(ps);
+    return rc;
+}
 
 /* ---------------------------------------------------------------------------------------- */
 /* sensorium extend                                                                         */
@@ -1409,6 +1479,8 @@ int main(int argc, char **argv)
         rc = cmd_info(sub_argc, sub_argv);
     else if (strcmp(cmd, "extend") == 0)
         rc = cmd_extend(sub_argc, sub_argv);
+    else if (strcmp(cmd, "dataset") == 0)
+        rc = cmd_dataset(sub_argc, sub_argv);
     else
         rc = usage_error(NULL, "unknown command '%s'", cmd);
     free(args);

@@ -6,7 +6,7 @@ SN_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # Debian packages the build and the tests need.
 SN_DEB_PACKAGES=(cmake ninja-build pkg-config gcc g++ libc6-dev
                  libjansson-dev libsndfile1-dev libpng-dev libcriterion-dev
-                 libsamplerate0-dev libfftw3-dev libopenblas-dev libopenblas-openmp-dev)
+                 libsamplerate0-dev libfftw3-dev libopenblas-dev libopenblas-openmp-dev espeak-ng)
 
 sn_log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -31,7 +31,7 @@ sn_install_deps() {
 # Python packages the tests use: numpy for the independent reference forward passes, gguf
 # (llama.cpp's reader) for reference dequantisation, tokenizers (Hugging Face) for golden
 # token ids. "module=package" where the import name differs.
-SN_PIP_PACKAGES=(numpy gguf tokenizers)
+SN_PIP_PACKAGES=(numpy gguf=gguf==0.19.0 tokenizers=tokenizers==0.23.3)
 
 sn_install_python() {
   local missing=()

@@ -30,7 +30,7 @@ printf 'stop raise_left_hand\nstop\n' >"$tmp/acts.txt"
 
 check help 0 'commands:' -- "$sn" --help
 check version 0 'plugin ABI 1\.' -- "$sn" --version
-for c in plugins tokenize detokenize vocab fit; do
+for c in plugins tokenize detokenize vocab fit run info extend dataset; do
   check "help_$c" 0 "usage: sensorium $c" -- "$sn" "$c" --help
 done
 check no_command 2 'usage:' -- "$sn"
@@ -92,6 +92,28 @@ check run_unknown_modality 1 "no modality 'audio'" -- "$sn" run -m "$tmp/llm" --
 check run_bad_number 2 '--max-tokens needs a number' -- "$sn" run -m "$tmp/llm" --generate text --max-tokens many
 check run_cuda_without_gpu 1 'backend cuda' -- "$sn" run -m "$tmp/llm" --backend cuda --generate text
 check run_not_a_model 1 'not a model folder' -- "$sn" run -m "$tmp" --generate raw
+
+# A real model (SmolLM2-135M-Instruct, GGUF; scripts/test.sh fetches it): its own tokenizer
+# through text.bpe, its chat template, greedy answers.
+smol="$src/.testdata/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+check gguf_info 0 'Llama, 30 layers, hidden 576, 9 heads \(3 KV\).*vocab 49152' -- "$sn" info -m "$smol"
+check gguf_layout 0 '17\.\.49151 +tokens +text +text\.bpe' -- "$sn" info -m "$smol"
+check gguf_control_tokens_stop 0 '^0\.\.16 +eos' -- "$sn" vocab "$smol"
+check gguf_chat 0 'capital of France is Paris' -- "$sn" run -m "$smol" --chat "What is the capital of France?" --plain --max-tokens 24
+check gguf_chat_stops 0 'stopped: eos' -- "$sn" run -m "$smol" --chat "What is the capital of France?" --plain --max-tokens 24
+check gguf_chat_json 0 '"kind":"text","text":"The"' -- "$sn" run -m "$smol" --chat "What is the capital of France?" --max-tokens 3
+check gguf_prompt 0 'tokens' -- "$sn" run -m "$smol" --prompt "Once upon a time" --plain --max-tokens 4
+check gguf_raw 0 '^\{"generated": \[504, 3575, 282, 4649, 314, 7042' -- "$sn" run -m "$smol" --feed-tokens 1,4093,198,1780,314,260,3575,282,4649,47,2,198,1,520,9531,198 --generate raw --max-tokens 6 --print-tokens
+check chat_needs_gguf 1 'chat templates are read from GGUF model files' -- "$sn" run -m "$tmp/llm" --chat "hi"
+
+# sensorium dataset: episodes into training sequences with the demo layout.
+printf 'go left' >"$tmp/cmd.txt"
+printf '{"id": "a", "split": "train", "feeds": [{"modality": "text", "file": "cmd.txt"}], "targets": [{"modality": "action", "text": "raise_left_hand"}]}\n' >"$tmp/episodes.jsonl"
+check dataset 0 '1 episodes, 14 tokens \(4 answer tokens' -- "$sn" dataset -m "$src/models/demo" --episodes "$tmp/episodes.jsonl" -o "$tmp/ds"
+check dataset_files 0 '' -- test -s "$tmp/ds.tokens.npy" -a -s "$tmp/ds.mask.npy" -a -s "$tmp/ds.offsets.npy"
+check dataset_json 0 '1 episodes' -- "$sn" dataset -m "$src/models/demo" --episodes "$tmp/episodes.jsonl" --targets-as-json text -o "$tmp/dsj"
+check dataset_usage 2 'required' -- "$sn" dataset -m "$src/models/demo"
+check dataset_bad_split 1 "no episodes of split 'test'" -- "$sn" dataset -m "$src/models/demo" --episodes "$tmp/episodes.jsonl" --split test -o "$tmp/ds"
 
 echo "$pass passed, $fail failed"
 [[ $fail -eq 0 ]]

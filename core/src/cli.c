@@ -14,37 +14,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cli_util.h"
 #include "dataset.h"
 #include "extend.h"
 #include "sensorium/sensorium.h"
-
-#define EXIT_USAGE 2
-
-static const char *prog = "sensorium";
-
-static int fail(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "%s: ", prog);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    return EXIT_FAILURE;
-}
-
-static int lib_fail(void) { return fail("%s", sn_errmsg()); }
-
-static int usage_error(const char *cmd, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "%s: ", prog);
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\n(try `%s%s%s --help`)\n", prog, cmd ? " " : "", cmd ? cmd : "");
-    va_end(ap);
-    return EXIT_USAGE;
-}
 
 static void log_to_stderr(void *ctx, sn_log_level level, const char *source, const char *msg)
 {
@@ -123,27 +96,6 @@ static int parse_opts(const char *cmd, int argc, char **argv, const char *allowe
     return 0;
 }
 
-/* --config JSON or --config @FILE: the JSON text, malloc'ed. */
-static char *read_config(const char *arg)
-{
-    if (!arg)
-        return NULL;
-    if (arg[0] != '@') {
-        char *s = malloc(strlen(arg) + 1);
-        if (s)
-            strcpy(s, arg);
-        return s;
-    }
-    json_error_t jerr;
-    json_t *j = json_load_file(arg + 1, JSON_REJECT_DUPLICATES, &jerr);
-    if (!j) {
-        fail("%s:%d:%d: %s", arg + 1, jerr.line, jerr.column, jerr.text);
-        return NULL;
-    }
-    char *s = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
-    json_decref(j);
-    return s;
-}
 
 static int open_plugins(const opts *o, sn_plugins **ps)
 {
@@ -520,7 +472,7 @@ static int write_collected(const collected *c, const char *path)
         break;
     case SN_ACTION_IMAGE:
         if (c->n_images > 1)
-            fprintf(stderr, "%s: the decoder emitted %zu images; writing the last\n", prog, c->n_images);
+            fprintf(stderr, "sensorium: the decoder emitted %zu images; writing the last\n", c->n_images);
         m.kind = SN_MEDIA_IMAGE;
         m.image = c->image_info;
         break;
@@ -1187,6 +1139,8 @@ static const char main_help[] =
     "  info         print a model's architecture and vocabulary layout\n"
     "  extend       add plugins' id ranges to a model's vocabulary, write a new model package\n"
     "  dataset      turn episodes into training sequences with a model's own tokenization\n"
+    "  demo         held-out reflex episodes through a model: decisions, timing, accuracy\n"
+    "  live         a model in a closed loop with a simulated body: reaction times, balance\n"
     "\n"
     "`sensorium COMMAND --help` describes each. Plugins are searched in --plugin-path, then\n"
     "SENSORIUM_PLUGIN_PATH (colon-separated folders or .so files), then the build's plugin\n"
@@ -1481,6 +1435,10 @@ int main(int argc, char **argv)
         rc = cmd_extend(sub_argc, sub_argv);
     else if (strcmp(cmd, "dataset") == 0)
         rc = cmd_dataset(sub_argc, sub_argv);
+    else if (strcmp(cmd, "demo") == 0)
+        rc = cmd_demo(sub_argc, sub_argv);
+    else if (strcmp(cmd, "live") == 0)
+        rc = cmd_live(sub_argc, sub_argv);
     else
         rc = usage_error(NULL, "unknown command '%s'", cmd);
     free(args);

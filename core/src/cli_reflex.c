@@ -381,6 +381,13 @@ int cmd_demo(int argc, char **argv)
     }
     const double acc = (double)ta.correct / (double)ta.n;
     printf("\n\ngoal: held-out accuracy >= 95%%: %s (%.1f%%)\n", acc >= 0.95 ? "met" : "MISSED", 100 * acc);
+    /* one JSON line per model, for scripts/plot_bench.py (the percentiles are sorted now) */
+    static const char *const what[2] = {"demo: action tokens", "demo: JSON text baseline"};
+    for (int c = 0; c < cols; c++)
+        printf("{\"bench\": \"latency\", \"name\": \"%s\", \"episodes\": %zu, \"accuracy\": %.4f, "
+               "\"tokens_per_decision\": %.2f, \"malformed\": %zu, \"p50_ms\": %.3f, \"p99_ms\": %.3f}\n",
+               what[c], t[c]->n, (double)t[c]->correct / (double)t[c]->n, (double)t[c]->tokens / (double)t[c]->n,
+               t[c]->malformed, percentile(t[c]->latency, t[c]->n, 50), percentile(t[c]->latency, t[c]->n, 99));
     rc = acc >= 0.95 ? 0 : 1;
 done:
     free(line);
@@ -579,6 +586,9 @@ int cmd_live(int argc, char **argv)
     printf("\n%ld ticks at %.1f Hz: reaction p50 %.2f ms, p99 %.2f ms, %ld missed their %.0f ms deadline\n", ticks, rate,
            percentile(latency, (size_t)ticks, 50), percentile(latency, (size_t)ticks, 99), late, 1e3 * period);
     printf("commands: %ld/%ld named right\n", correct, ticks);
+    printf("{\"bench\": \"latency\", \"name\": \"live %.0f Hz\", \"ticks\": %ld, \"p50_ms\": %.3f, \"p99_ms\": %.3f, "
+           "\"missed_deadlines\": %ld}\n", rate, ticks, percentile(latency, (size_t)ticks, 50),
+           percentile(latency, (size_t)ticks, 99), late);
     printf("balance error (RMS tilt over the run): %.2f degrees with the model, %.2f with no controller; final tilt (%.1f, %.1f)\n",
            sqrt(sq / (2.0 * (double)ticks)), sqrt(free_sq / (2.0 * (double)ticks)), b.tilt[0], b.tilt[1]);
 done:

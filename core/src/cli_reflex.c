@@ -450,7 +450,10 @@ static const char live_help[] =
     "disturbances push it (a random walk of DEG per tick, default 1, and a shove of --push\n"
     "degrees, default 8, every 20 ticks). Prints per tick the stimulus, the decision and the\n"
     "reaction latency (stimulus in -> action decoded); then latency p50/p99, ticks that missed\n"
-    "their deadline, and the balance error (RMS tilt) with the model and without a controller.\n";
+    "their deadline, and the balance error (RMS tilt) with the model and without a controller.\n"
+    "Between ticks the engine's OpenMP threads go to sleep, and waking them can cost more than\n"
+    "the decision; OMP_WAIT_POLICY=active in the environment keeps them spinning (one core busy\n"
+    "per thread), as a real-time loop wants.\n";
 
 int cmd_live(int argc, char **argv)
 {

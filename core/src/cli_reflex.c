@@ -214,6 +214,33 @@ static void tally_add(tally *t, const episode *ep, const decision *d)
     t->latency[t->n++] = d->latency_ms;
 }
 
+/* The value options demo and live share; 1 when a was one of them (*end set for numbers). */
+static int shared_option(const char *a, const char *v, sn_engine_opts *eo, const char **manifest, char **end)
+{
+    if (strcmp(a, "-m") == 0 || strcmp(a, "--model") == 0) eo->model_dir = v;
+    else if (strcmp(a, "--episodes") == 0) *manifest = v;
+    else if (strcmp(a, "--threads") == 0) eo->threads = (int32_t)strtol(v, end, 10);
+    else if (strcmp(a, "--plugin-path") == 0) eo->plugin_path = v;
+    else return 0;
+    return 1;
+}
+
+/* Opens the episode manifest and puts its folder (what its paths are relative to) in dir. */
+static FILE *open_manifest(const char *manifest, char *dir, size_t len)
+{
+    FILE *f = fopen(manifest, "r");
+    if (!f) {
+        fail("%s: cannot open the episode manifest", manifest);
+        return NULL;
+    }
+    const char *slash = strrchr(manifest, '/');
+    if (slash)
+        snprintf(dir, len, "%.*s", (int)(slash - manifest), manifest);
+    else
+        snprintf(dir, len, ".");
+    return f;
+}
+
 static const char demo_help[] =
     "usage: sensorium demo -m MODEL --episodes FILE.jsonl [--split test] [--baseline MODEL]\n"
     "                      [--limit N] [--quiet] [--threads N] [--plugin-path DIRS]\n"
@@ -246,13 +273,10 @@ int cmd_demo(int argc, char **argv)
             return usage_error("demo", "demo: option '%s' %s", a, a[0] == '-' ? "needs a value or is unknown" : "is not an option");
         i++;
         char *end = NULL;
-        if (strcmp(a, "-m") == 0 || strcmp(a, "--model") == 0) eo.model_dir = v;
-        else if (strcmp(a, "--episodes") == 0) manifest = v;
-        else if (strcmp(a, "--split") == 0) split = v;
+        if (shared_option(a, v, &eo, &manifest, &end)) {
+        } else if (strcmp(a, "--split") == 0) split = v;
         else if (strcmp(a, "--baseline") == 0) baseline = v;
         else if (strcmp(a, "--limit") == 0) limit = strtol(v, &end, 10);
-        else if (strcmp(a, "--threads") == 0) eo.threads = (int32_t)strtol(v, &end, 10);
-        else if (strcmp(a, "--plugin-path") == 0) eo.plugin_path = v;
         else
             return usage_error("demo", "demo: unknown option '%s'", a);
         if (end && (*end || end == v))
@@ -264,16 +288,10 @@ int cmd_demo(int argc, char **argv)
     bo = eo;
     bo.model_dir = baseline;
 
-    FILE *f = fopen(manifest, "r");
-    if (!f)
-        return fail("%s: cannot open the episode manifest", manifest);
     char dir[1024];
-    snprintf(dir, sizeof dir, "%s", manifest);
-    char *slash = strrchr(dir, '/');
-    if (slash)
-        *slash = '\0';
-    else
-        strcpy(dir, ".");
+    FILE *f = open_manifest(manifest, dir, sizeof dir);
+    if (!f)
+        return EXIT_FAILURE;
 
     sn_engine *e = NULL, *eb = NULL;
     tally ta = {0}, tb = {0};
@@ -477,16 +495,13 @@ int cmd_live(int argc, char **argv)
             return usage_error("live", "live: option '%s' %s", a, a[0] == '-' ? "needs a value or is unknown" : "is not an option");
         i++;
         char *end = NULL;
-        if (strcmp(a, "-m") == 0 || strcmp(a, "--model") == 0) eo.model_dir = v;
-        else if (strcmp(a, "--episodes") == 0) manifest = v;
-        else if (strcmp(a, "--rate") == 0) rate = strtod(v, &end);
+        if (shared_option(a, v, &eo, &manifest, &end)) {
+        } else if (strcmp(a, "--rate") == 0) rate = strtod(v, &end);
         else if (strcmp(a, "--ticks") == 0) ticks = strtol(v, &end, 10);
         else if (strcmp(a, "--seed") == 0) seed = strtoull(v, &end, 10);
         else if (strcmp(a, "--gain") == 0) gain = strtod(v, &end);
         else if (strcmp(a, "--walk") == 0) walk = strtod(v, &end);
         else if (strcmp(a, "--push") == 0) push = strtod(v, &end);
-        else if (strcmp(a, "--threads") == 0) eo.threads = (int32_t)strtol(v, &end, 10);
-        else if (strcmp(a, "--plugin-path") == 0) eo.plugin_path = v;
         else
             return usage_error("live", "live: unknown option '%s'", a);
         if (end && (*end || end == v))
@@ -499,16 +514,10 @@ int cmd_live(int argc, char **argv)
     eo.max_sessions = 1;
 
     /* The command clips: the test split's audio feeds, in order. */
-    FILE *f = fopen(manifest, "r");
-    if (!f)
-        return fail("%s: cannot open the episode manifest", manifest);
     char dir[1024];
-    snprintf(dir, sizeof dir, "%s", manifest);
-    char *slash = strrchr(dir, '/');
-    if (slash)
-        *slash = '\0';
-    else
-        strcpy(dir, ".");
+    FILE *f = open_manifest(manifest, dir, sizeof dir);
+    if (!f)
+        return EXIT_FAILURE;
     enum { MAX_CLIPS = 64 };
     episode *clips = calloc(MAX_CLIPS, sizeof *clips);
     double *latency = malloc((size_t)ticks * sizeof *latency);

@@ -176,6 +176,25 @@ Test(sampler, greedy_takes_the_lowest_id_on_ties)
     sn_sampler_free(&smp);
 }
 
+/* Every allowed logit -inf (the model rules them all out): the lowest allowed id, under every
+ * filter, as the CUDA sampler does; never a read outside the candidates. */
+Test(sampler, all_allowed_logits_minus_infinity)
+{
+    sn_sampler smp;
+    cr_assert_eq(sn_sampler_init(&smp, 6), SN_OK);
+    const float l[] = {2.0f, -INFINITY, 1.0f, -INFINITY, -INFINITY, 3.0f};
+    uint64_t mask = (1u << 1) | (1u << 3) | (1u << 4);
+    const sn_sampling ps[] = {params(1.0f, 0, 1.0f, 0.1f, 1.0f), params(0.7f, 2, 0.9f, 0.0f, 1.3f),
+                              params(0.0f, 0, 1.0f, 0.0f, 1.0f)};
+    float probs[6];
+    for (size_t i = 0; i < sizeof ps / sizeof *ps; i++) {
+        cr_expect_eq(sn_sample(&smp, l, &mask, &ps[i], NULL, 0, 1, 0), 1, "params %zu", i);
+        cr_expect_eq(sn_sample_distribution(&smp, l, &mask, &ps[i], NULL, 0, probs), 1);
+        cr_expect_eq(probs[1], 1.0f);
+    }
+    sn_sampler_free(&smp);
+}
+
 Test(sampler, masks_are_never_crossed)
 {
     enum { V = 300 };

@@ -233,6 +233,10 @@ static int32_t filter(sn_sampler *s, const float *logits, const uint64_t *allowe
     for (int32_t j = 0; j < n; j++)
         if (p[idx[j]] > mx)
             mx = p[idx[j]];
+    if (mx == -INFINITY) { /* every allowed id has probability 0: the lowest one, as greedy would */
+        *greedy = idx[0];
+        return 0;
+    }
     double sum = 0.0;
     for (int32_t j = 0; j < n; j++) {
         float e = expf((p[idx[j]] - mx) / prm->temperature);
@@ -307,10 +311,10 @@ int32_t sn_sample(sn_sampler *s, const float *logits, const uint64_t *allowed,
 {
     int32_t greedy = -1;
     int32_t n = filter(s, logits, allowed, params, history, n_history, &greedy);
-    if (n < 0)
-        return -1;
     if (greedy >= 0)
         return greedy;
+    if (n <= 0)
+        return -1;
     double total = 0.0;
     for (int32_t j = 0; j < n; j++)
         total += s->probs[s->idx[j]];

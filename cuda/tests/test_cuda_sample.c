@@ -1,0 +1,212 @@
+/*
+ * test_cuda_sample.c - sn_cuda_sample against the CPU sampler (core/src/sampler.c, through
+ * ref/sample_ref.c): rows of vocabulary 128256 (and small odd vocabularies) with gaussian,
+ * bf16-quantised (ties) and peaked logits, allowed-token masks from none to a single id,
+ * repetition penalties from seen bitsets, greedy and every filter, several seeds and steps.
+ * Tolerance: none for the token (the kernel must return sn_sample()'s); the distribution must
+ * have the same support and each probability within 2.4e-7|ref| (the normalising sum is
+ * exact fixed point on the GPU, a double sum on the CPU).
+ */
+#include "cuda_test.h"
+
+typedef struct row_case {
+    sn_cuda_sample_params prm;
+    int logit_kind, mask_kind, seen_pct;
+} row_case;
+
+static void fill_logits(float *lg, int32_t n, int kind, sn_rng *r)
+{
+    for (int32_t i = 0; i < n; i++) {
+        float x = 3.0f * (sn_rng_uniform(r, -1.0f, 1.0f) + sn_rng_uniform(r, -1.0f, 1.0f) + sn_rng_uniform(r, -1.0f, 1.0f));
+        if (kind == 1)
+            x = sn_ref_round_bf16(x);
+        else if (kind == 2)
+            x = i == n / 3 ? 25.0f : x;
+        else if (kind == 3)
+            x = sn_rng_int(r, 4) ? 1.0f : 2.5f;
+        if (sn_rng_int(r, 1000) == 0)
+            x = -INFINITY;
+        lg[i] = x;
+    }
+}
+
+static void fill_bits(uint64_t *bits, int32_t n, int kind, int pct, sn_rng *r)
+{
+    memset(bits, 0, (size_t)((n + 63) / 64) * 8);
+    if (kind == 0) {
+        memset(bits, 0xff, (size_t)((n + 63) / 64) * 8);
+        return;
+    }
+    if (kind == 2 || kind == 3) {
+        for (int i = 0; i < (kind == 2 ? 3 : 1); i++) {
+            const int32_t id = sn_rng_int(r, n);
+            bits[id / 64] |= 1ull << (id % 64);
+        }
+        return;
+    }
+    if (kind == 4)
+        return;
+    for (int32_t i = 0; i < n; i++)
+        if (sn_rng_int(r, 100) < pct)
+            bits[i / 64] |= 1ull << (i % 64);
+}
+
+static void run_batch(int32_t vocab, int32_t rows, int use_masks, uint64_t seed)
+{
+    sn_rng r = {seed};
+    const int32_t words = (vocab + 63) / 64;
+    const int64_t ld = vocab + 5;
+    float *logits = malloc((size_t)rows * ld * sizeof *logits);
+    uint64_t *allowed = malloc((size_t)rows * words * 8), *seen = malloc((size_t)rows * words * 8);
+    row_case *cases = malloc((size_t)rows * sizeof *cases);
+    const float temps[] = {0.0f, 0.7f, 1.0f, 1.3f, 0.05f};
+    const int32_t ks[] = {0, 1, 2, 40, 1000, vocab - 1, vocab + 5};
+    const float tps[] = {1.0f, 0.9f, 0.5f, 0.01f, 0.999f};
+    const float mps[] = {0.0f, 0.0f, 0.05f, 0.5f};
+    const float reps[] = {1.0f, 1.3f, 0.8f};
+    for (int32_t i = 0; i < rows; i++) {
+        row_case *c = &cases[i];
+        c->prm = (sn_cuda_sample_params){.temperature = temps[sn_rng_int(&r, 5)], .top_k = ks[sn_rng_int(&r, 7)],
+                                         .top_p = tps[sn_rng_int(&r, 5)], .min_p = mps[sn_rng_int(&r, 4)],
+                                         .repetition_penalty = reps[sn_rng_int(&r, 3)], .seed = sn_rng_next(&r)};
+        c->logit_kind = sn_rng_int(&r, 4);
+        c->mask_kind = use_masks ? sn_rng_int(&r, 5) : 0;
+        c->seen_pct = sn_rng_int(&r, 3) * 10;
+        fill_logits(logits + i * ld, vocab, c->logit_kind, &r);
+        fill_bits(allowed + (size_t)i * words, vocab, c->mask_kind, 50, &r);
+        fill_bits(seen + (size_t)i * words, vocab, 1, c->seen_pct, &r);
+    }
+    float *d_logits = sn_dev_upload(logits, (size_t)rows * ld * 4);
+    uint64_t *d_allowed = use_masks ? sn_dev_upload(allowed, (size_t)rows * words * 8) : NULL;
+    uint64_t *d_seen = sn_dev_upload(seen, (size_t)rows * words * 8);
+    sn_cuda_sample_params *prm = malloc((size_t)rows * sizeof *prm);
+    sn_cuda_sample_params *d_prm = sn_dev_alloc((size_t)rows * sizeof *prm);
+    int32_t *d_tok = sn_dev_alloc((size_t)rows * 4), *tok = malloc((size_t)rows * 4);
+    float *d_probs = sn_dev_alloc((size_t)rows * vocab * 4), *probs = malloc((size_t)rows * vocab * 4);
+    float *ref_p = malloc((size_t)vocab * 4);
+    const size_t ws_bytes = sn_cuda_sample_workspace(rows, vocab);
+    void *d_ws = sn_dev_alloc(ws_bytes);
+    int bad_tokens = 0, bad_dists = 0, draws = 0;
+    for (int step = 0; step < 3; step++) {
+        for (int32_t i = 0; i < rows; i++) {
+            prm[i] = cases[i].prm;
+            prm[i].step = (uint64_t)step * 7919 + (uint64_t)i;
+        }
+        CU(cudaMemcpy(d_prm, prm, (size_t)rows * sizeof *prm, cudaMemcpyHostToDevice));
+        LAUNCH(sn_cuda_sample(d_tok, d_probs, d_logits, ld, d_allowed, d_seen, d_prm, rows, vocab, d_ws, ws_bytes, 0));
+        sn_dev_download(tok, d_tok, (size_t)rows * 4);
+        sn_dev_download(probs, d_probs, (size_t)rows * vocab * 4);
+        for (int32_t i = 0; i < rows; i++) {
+            const row_case *c = &cases[i];
+            const int32_t want = sn_ref_sample(ref_p, logits + i * ld, use_masks ? allowed + (size_t)i * words : NULL,
+                                               seen + (size_t)i * words, prm[i].temperature, prm[i].top_k, prm[i].top_p,
+                                               prm[i].min_p, prm[i].repetition_penalty, prm[i].seed, prm[i].step, vocab);
+            draws++;
+            if (tok[i] != want) {
+                bad_tokens++;
+                fprintf(stderr, "  vocab %d row %d step %d: got %d, want %d (T %g k %d p %g min_p %g rep %g logits %d mask %d)\n",
+                        vocab, i, step, tok[i], want, (double)prm[i].temperature, prm[i].top_k, (double)prm[i].top_p,
+                        (double)prm[i].min_p, (double)prm[i].repetition_penalty, c->logit_kind, c->mask_kind);
+            }
+            const float *got_p = probs + (size_t)i * vocab;
+            for (int32_t j = 0; j < vocab; j++)
+                if ((got_p[j] == 0.0f) != (ref_p[j] == 0.0f) || fabs((double)got_p[j] - ref_p[j]) > 2.4e-7 * ref_p[j]) {
+                    bad_dists++;
+                    fprintf(stderr, "  vocab %d row %d step %d: p[%d] = %.9g, want %.9g\n", vocab, i, step, j,
+                            (double)got_p[j], (double)ref_p[j]);
+                    break;
+                }
+        }
+    }
+    fprintf(stderr, "sample vocab %d, %d rows, masks %s: %d draws, %d tokens and %d distributions differ from sn_sample\n",
+            vocab, rows, use_masks ? "on" : "off", draws, bad_tokens, bad_dists);
+    cr_expect_eq(bad_tokens, 0);
+    cr_expect_eq(bad_dists, 0);
+    CU(cudaFree(d_logits));
+    if (d_allowed)
+        CU(cudaFree(d_allowed));
+    CU(cudaFree(d_seen));
+    CU(cudaFree(d_prm));
+    CU(cudaFree(d_tok));
+    CU(cudaFree(d_probs));
+    CU(cudaFree(d_ws));
+    free(logits), free(allowed), free(seen), free(cases), free(prm), free(tok), free(probs), free(ref_p);
+}
+
+Test(cuda_sample, llama3_vocabulary, .timeout = 600)
+{
+    run_batch(128256, sn_test_quick() ? 4 : 48, 1, 8000);
+    run_batch(128256, sn_test_quick() ? 2 : 8, 0, 8001);
+}
+
+Test(cuda_sample, small_odd_vocabularies)
+{
+    const int32_t vocabs[] = {1, 2, 3, 63, 64, 65, 1000, 4099};
+    for (size_t v = 0; v < sizeof vocabs / sizeof vocabs[0]; v++)
+        run_batch(vocabs[v], 24, 1, 8100 + v);
+}
+
+/* Captured once in a CUDA graph and replayed with new parameters (the step, written to device
+ * memory between replays), the kernel gives what direct launches give: no host sync inside. */
+Test(cuda_sample, replays_from_a_cuda_graph)
+{
+    enum { ROWS = 8, VOCAB = 128256 };
+    sn_rng r = {8200};
+    float *logits = malloc((size_t)ROWS * VOCAB * 4);
+    for (size_t i = 0; i < (size_t)ROWS * VOCAB; i++)
+        logits[i] = sn_rng_uniform(&r, -8.0f, 8.0f);
+    float *d_logits = sn_dev_upload(logits, (size_t)ROWS * VOCAB * 4);
+    sn_cuda_sample_params prm[ROWS];
+    for (int i = 0; i < ROWS; i++)
+        prm[i] = (sn_cuda_sample_params){.temperature = 0.9f, .top_k = i * 20, .top_p = 0.95f, .min_p = 0.01f * i,
+                                         .repetition_penalty = 1.0f, .seed = 77 + (uint64_t)i};
+    sn_cuda_sample_params *d_prm = sn_dev_upload(prm, sizeof prm);
+    int32_t *d_tok = sn_dev_alloc(ROWS * 4);
+    const size_t ws_bytes = sn_cuda_sample_workspace(ROWS, VOCAB);
+    void *d_ws = sn_dev_alloc(ws_bytes);
+    cudaStream_t st;
+    CU(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    CU(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
+    const cudaError_t launched = sn_cuda_sample(d_tok, NULL, d_logits, VOCAB, NULL, NULL, d_prm, ROWS, VOCAB, d_ws, ws_bytes, st);
+    CU(cudaStreamEndCapture(st, &graph));
+    CU(launched);
+    CU(cudaGraphInstantiate(&exec, graph, 0));
+    for (int step = 0; step < 5; step++) {
+        for (int i = 0; i < ROWS; i++)
+            prm[i].step = (uint64_t)step;
+        CU(cudaMemcpyAsync(d_prm, prm, sizeof prm, cudaMemcpyHostToDevice, st));
+        CU(cudaGraphLaunch(exec, st));
+        int32_t tok[ROWS];
+        CU(cudaMemcpyAsync(tok, d_tok, sizeof tok, cudaMemcpyDeviceToHost, st));
+        CU(cudaStreamSynchronize(st));
+        for (int i = 0; i < ROWS; i++) {
+            const int32_t want = sn_ref_sample(NULL, logits + (size_t)i * VOCAB, NULL, NULL, prm[i].temperature, prm[i].top_k,
+                                               prm[i].top_p, prm[i].min_p, 1.0f, prm[i].seed, prm[i].step, VOCAB);
+            cr_expect_eq(tok[i], want, "graph replay %d row %d: got %d, want %d", step, i, tok[i], want);
+        }
+    }
+    CU(cudaGraphExecDestroy(exec));
+    CU(cudaGraphDestroy(graph));
+    CU(cudaStreamDestroy(st));
+    CU(cudaFree(d_logits));
+    CU(cudaFree(d_prm));
+    CU(cudaFree(d_tok));
+    CU(cudaFree(d_ws));
+    free(logits);
+}
+
+Test(cuda_sample, rejects_bad_arguments)
+{
+    int32_t *d = sn_dev_alloc(4096);
+    cr_expect_eq(sn_cuda_sample(d, NULL, (float *)d, 10, NULL, NULL, (sn_cuda_sample_params *)d, 1, 10, d, 8, 0),
+                 cudaErrorInvalidValue, "workspace too small");
+    cr_expect_eq(sn_cuda_sample(d, NULL, (float *)d, 9, NULL, NULL, (sn_cuda_sample_params *)d, 1, 10, d, 4096, 0),
+                 cudaErrorInvalidValue, "logits stride below the vocabulary");
+    cr_expect_eq(sn_cuda_sample(d, NULL, (float *)d, 10, NULL, NULL, (sn_cuda_sample_params *)d, 0, 10, NULL, 0, 0),
+                 cudaSuccess, "no rows");
+    CU(cudaFree(d));
+}
+
+SN_CUDA_TEST_MAIN()

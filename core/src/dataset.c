@@ -30,29 +30,6 @@ static sn_status bad(const where *w, sn_status st, const char *what)
     return sn_fail(st, "%s:%zu: %s", w->manifest, w->line, what);
 }
 
-/* A growable int32 array. */
-typedef struct ivec {
-    int32_t *v;
-    size_t n, cap;
-} ivec;
-
-static sn_status push(ivec *a, const int32_t *x, size_t n)
-{
-    if (a->n + n > a->cap) {
-        size_t cap = a->cap ? a->cap : 4096;
-        while (cap < a->n + n)
-            cap *= 2;
-        int32_t *g = realloc(a->v, cap * sizeof *g);
-        if (!g)
-            return sn_fail(SN_ERR_NOMEM, "out of memory");
-        a->v = g;
-        a->cap = cap;
-    }
-    memcpy(a->v + a->n, x, n * sizeof *x);
-    a->n += n;
-    return SN_OK;
-}
-
 /* The media an entry describes: a file (relative to dir), a text, or a series of values.
  * *owned is what to free after use (values), or NULL; file media are released by the caller
  * through sn_media_release when *from_file. */
@@ -118,7 +95,7 @@ static sn_status entry_media(const where *w, json_t *e, const char *dir, sn_medi
 }
 
 /* Encodes media as modality's segment onto seq, on a fresh stream as a new session has. */
-static sn_status encode(const where *w, const sn_vocab *v, const char *modality, const sn_media *m, ivec *seq)
+static sn_status encode(const where *w, const sn_vocab *v, const char *modality, const sn_media *m, sn_tokens *seq)
 {
     long seg = sn_vocab_find(v, modality);
     if (seg < 0)
@@ -132,7 +109,7 @@ static sn_status encode(const where *w, const sn_vocab *v, const char *modality,
         sn_instance_close_stream(inst, stream);
     }
     if (st == SN_OK)
-        st = push(seq, ids.ids, ids.n);
+        st = sn_tokens_append(seq, ids.ids, ids.n);
     sn_tokens_clear(&ids);
     if (st != SN_OK && st != SN_ERR_NOMEM) {
         char msg[1024];
@@ -143,7 +120,7 @@ static sn_status encode(const where *w, const sn_vocab *v, const char *modality,
 }
 
 /* One feed or target entry onto seq. */
-static sn_status encode_entry(where *w, const sn_vocab *v, json_t *e, const char *dir, ivec *seq)
+static sn_status encode_entry(where *w, const sn_vocab *v, json_t *e, const char *dir, sn_tokens *seq)
 {
     json_t *mod = json_object_get(e, "modality");
     w->modality = NULL;
@@ -205,12 +182,12 @@ static char *folder_of(const char *path)
     return s.s;
 }
 
-static sn_status write_npy(const char *out, const char *suffix, const ivec *a)
+static sn_status write_npy(const char *out, const char *suffix, const sn_tokens *a)
 {
     sn_str path = {0};
     sn_status st = sn_str_printf(&path, "%s.%s.npy", out, suffix);
     if (st == SN_OK)
-        st = sn_tokens_write_npy(path.s, a->v ? a->v : (const int32_t[]){0}, a->n);
+        st = sn_tokens_write_npy(path.s, a->ids ? a->ids : (const int32_t[]){0}, a->n);
     sn_str_free(&path);
     return st;
 }
@@ -223,7 +200,7 @@ sn_status sn_dataset_build(const sn_dataset_opts *o, sn_dataset_stats *stats)
     FILE *f = NULL;
     char *line = NULL, *dir = folder_of(o->manifest);
     size_t cap = 0, total = 0;
-    ivec tokens = {0}, mask = {0}, offsets = {0}, seq = {0};
+    sn_tokens tokens = {0}, mask = {0}, offsets = {0}, seq = {0};
     sn_status st = dir ? sn_vocab_open(o->model_dir, o->plugins, &v) : sn_fail(SN_ERR_NOMEM, "out of memory");
     if (st != SN_OK)
         goto done;
@@ -240,7 +217,7 @@ sn_status sn_dataset_build(const sn_dataset_opts *o, sn_dataset_stats *stats)
         total += c == '\n';
     rewind(f);
     const int32_t bos = sn_vocab_special(v, SN_TOKEN_BOS), eos = sn_vocab_special(v, SN_TOKEN_EOS), zero = 0;
-    if ((st = push(&offsets, &zero, 1)) != SN_OK)
+    if ((st = sn_tokens_append(&offsets, &zero, 1)) != SN_OK)
         goto done;
     where w = {.manifest = o->manifest};
     for (ssize_t len; (len = getline(&line, &cap, f)) >= 0;) {
@@ -269,7 +246,7 @@ sn_status sn_dataset_build(const sn_dataset_opts *o, sn_dataset_stats *stats)
         }
         seq.n = 0;
         if (bos >= 0)
-            st = push(&seq, &bos, 1);
+            st = sn_tokens_append(&seq, &bos, 1);
         size_t i;
         json_t *e;
         w.list = "feeds";
@@ -295,19 +272,19 @@ sn_status sn_dataset_build(const sn_dataset_opts *o, sn_dataset_stats *stats)
         }
         json_decref(ep);
         if (st == SN_OK)
-            st = push(&seq, &eos, 1);
+            st = sn_tokens_append(&seq, &eos, 1);
         if (st != SN_OK)
             goto done;
         /* the mask: the stimuli are context, the answer (markers and eos included) is learnt */
         for (size_t k = 0; k < seq.n && st == SN_OK; k++) {
             const int32_t one = k >= answer;
-            st = push(&mask, &one, 1);
+            st = sn_tokens_append(&mask, &one, 1);
         }
         if (st == SN_OK)
-            st = push(&tokens, seq.v, seq.n);
+            st = sn_tokens_append(&tokens, seq.ids, seq.n);
         const int32_t end = (int32_t)tokens.n;
         if (st == SN_OK)
-            st = push(&offsets, &end, 1);
+            st = sn_tokens_append(&offsets, &end, 1);
         if (st != SN_OK)
             goto done;
         if (tokens.n > INT32_MAX / 2) {
@@ -337,10 +314,10 @@ done:
         fclose(f);
     free(line);
     free(dir);
-    free(tokens.v);
-    free(mask.v);
-    free(offsets.v);
-    free(seq.v);
+    sn_tokens_clear(&tokens);
+    sn_tokens_clear(&mask);
+    sn_tokens_clear(&offsets);
+    free(seq.ids);
     sn_vocab_close(v);
     return st;
 }

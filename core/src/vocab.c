@@ -446,27 +446,14 @@ sn_status sn_vocab_encode_segment(const sn_vocab *v, size_t seg, sn_stream *stre
     sn_status st = sn_instance_encode(s->inst, stream, media, &local);
     if (st == SN_OK)
         st = sn_instance_encode_flush(s->inst, stream, &local);
-    const size_t m = s->begin >= 0 ? 1 : 0, n = local.n + 2 * m;
-    if (st == SN_OK && out->cap < out->n + n) {
-        size_t cap = out->n + n + out->cap;
-        int32_t *grown = realloc(out->ids, cap * sizeof *grown);
-        if (!grown)
-            st = sn_fail(SN_ERR_NOMEM, "out of memory");
-        else {
-            out->ids = grown;
-            out->cap = cap;
-        }
-    }
-    if (st == SN_OK) {
-        int32_t *dst = out->ids + out->n;
-        for (size_t i = 0; i < local.n; i++)
-            dst[i + m] = (int32_t)s->start + local.ids[i];
-        if (m) {
-            dst[0] = s->begin;
-            dst[n - 1] = s->end;
-        }
-        out->n += n;
-    }
+    for (size_t i = 0; st == SN_OK && i < local.n; i++)
+        local.ids[i] += (int32_t)s->start; /* local -> global */
+    if (st == SN_OK && s->begin >= 0)
+        st = sn_tokens_append(out, &s->begin, 1);
+    if (st == SN_OK)
+        st = sn_tokens_append(out, local.ids, local.n);
+    if (st == SN_OK && s->end >= 0)
+        st = sn_tokens_append(out, &s->end, 1);
     sn_tokens_clear(&local);
     return st;
 }

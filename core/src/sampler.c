@@ -194,6 +194,15 @@ static int32_t filter(sn_sampler *s, const float *logits, const uint64_t *allowe
     const int32_t V = s->vocab;
     float *p = s->probs;
     int32_t *idx = s->idx;
+    if (prm->temperature == 0.0f && prm->repetition_penalty == 1.0f) {
+        /* plain greedy: the first allowed id of the highest logit, in one pass */
+        int32_t best = -1;
+        for (int32_t i = 0; i < V; i++)
+            if (is_allowed(allowed, i) && (best < 0 || logits[i] > logits[best]))
+                best = i;
+        *greedy = best;
+        return best < 0 ? -1 : 0;
+    }
     /* 1-2: mask and penalise; masked ids get -inf and never enter idx */
     int32_t n = 0;
     for (int32_t i = 0; i < V; i++) {

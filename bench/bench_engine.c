@@ -344,6 +344,7 @@ static void bench_model(report *r, const char *name, const char *path, double pe
         if (eo.max_batch_tokens < batch)
             eo.max_batch_tokens = batch;
         eo.kv_bytes = (size_t)1 << 30;
+        eo.backend = "cpu"; /* this benchmark measures the CPU backend */
         sn_engine *e;
         if (sn_engine_open(&eo, &e) != SN_OK)
             die("opening the engine");

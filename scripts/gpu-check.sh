@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # scripts/gpu-check.sh - the device check of the CUDA backend, for a machine with an NVIDIA GPU:
 # configures and builds cuda/ on its own for sm_90a (the GPU machine has nvcc and CMake but not
-# the engine's other dependencies), runs the CUDA test suites, the kernel benchmarks
+# the engine's other dependencies), runs the CUDA test suites (the backend's end-to-end test
+# test_cuda_backend as its own step), the end-to-end decode benchmark of a 1B-shaped model
+# (bench/bench_cuda_e2e.c, against the bandwidth roofline), the kernel benchmarks
 # (bench/bench_cuda.cu) and their PyTorch counterparts (bench/bench_cuda_torch.py), then
 # compute-sanitizer on the attention and sampling suites if time is left, and prints a table.
 #
@@ -10,8 +12,8 @@
 # status: 0 when every step passed, 1 when one failed, 77 when there is no GPU.
 #
 # Logs and results go to $GPU_CHECK_OUT, else $OUT (the device tool's folder), else
-# build-gpu/logs: build.log, ctest.log, bench.log/.jsonl, torch.log/.jsonl, sanitizer.log,
-# summary.txt (8 files: what the device tool brings back).
+# build-gpu/logs: build.log, ctest.log, bench.log/.jsonl, e2e.jsonl, torch.log/.jsonl,
+# sanitizer.log, summary.txt (9 files: what the device tool brings back).
 #
 # Environment: GPU_CHECK_BUDGET (seconds), GPU_CHECK_QUICK=1 (smaller benchmarks),
 # GPU_CHECK_SANITIZER=0 (skip compute-sanitizer), CUDA_ARCH (default 90a).
@@ -27,6 +29,7 @@ START=$(date +%s)
 mkdir -p "$LOGS"
 : >"$LOGS/bench.jsonl"
 : >"$LOGS/torch.jsonl"
+: >"$LOGS/e2e.jsonl"
 
 say() { printf '\n== gpu-check: %s (t+%ss)\n' "$*" "$(( $(date +%s) - START ))"; }
 
@@ -91,6 +94,8 @@ run_step() {
 generator=()
 command -v ninja >/dev/null 2>&1 && generator=(-G Ninja)
 built=0
+qflag=()
+[[ $QUICK == 1 ]] && qflag=(--quick)
 if run_step configure 120 "$LOGS/build.log" \
      cmake -S "$ROOT/cuda" -B "$BUILD" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
        -DCMAKE_CUDA_ARCHITECTURES="$ARCH" -DSN_WERROR=OFF; then
@@ -100,10 +105,14 @@ fi
 if (( built )); then
   # verbose: the worst element of every comparison goes to ctest.log, passing or not
   run_step "ctest (CUDA suites)" 200 "$LOGS/ctest.log" \
-    ctest --test-dir "$BUILD" -L cuda -V --timeout 150 -j 4
+    ctest --test-dir "$BUILD" -L cuda -E '^test_cuda_backend$' -V --timeout 150 -j 4
+  # the backend end to end against the fp32 reference (graphs on and off, one-rank NCCL)
+  run_step "test_cuda_backend" 120 "$LOGS/ctest.log" "$BUILD/test_cuda_backend" --ascii
+  # end-to-end decode of a Llama-3.2-1B-shaped random model (batch 1 and 64) against the
+  # bandwidth roofline: JSON lines to e2e.jsonl, the table to bench.log
+  run_step "bench_cuda_e2e" 120 "$LOGS/bench.log" \
+    bash -c '"$1" "${@:3}" >"$2"; rc=$?; cat "$2"; exit $rc' _ "$BUILD/bin/bench_cuda_e2e" "$LOGS/e2e.jsonl" "${qflag[@]}"
 fi
-qflag=()
-[[ $QUICK == 1 ]] && qflag=(--quick)
 # JSON lines to *.jsonl, the readable tables to *.log
 if (( built )); then
   run_step "bench_cuda" 150 "$LOGS/bench.log" \
@@ -145,7 +154,7 @@ fi
   if [[ -s $LOGS/sanitizer.log ]]; then
     grep -E 'ERROR SUMMARY' "$LOGS/sanitizer.log" | sort | uniq -c | sed 's/^/  sanitizer: /'
   fi
-  python3 - "$LOGS/bench.jsonl" "$LOGS/torch.jsonl" <<'EOF' || cat "$LOGS/bench.jsonl" "$LOGS/torch.jsonl"
+  python3 - "$LOGS/bench.jsonl" "$LOGS/torch.jsonl" "$LOGS/e2e.jsonl" <<'EOF' || cat "$LOGS/bench.jsonl" "$LOGS/torch.jsonl" "$LOGS/e2e.jsonl"
 import json, sys
 rows = []
 for path in sys.argv[1:]:
@@ -187,6 +196,13 @@ for r in by("sample"):
     print(f"{name:38s} {r['us']:>8.1f} us (graph {r['graph_us']:.1f}) {peer:>21s} {ratio:>11s}")
 for r in by("torch_missing"):
     print(f"torch: {r['reason']}")
+for r in by("e2e_prefill"):
+    print(f"{'e2e prefill 1B-shape (graphs ' + ('on' if r['graphs'] else 'off') + ')':38s} {r['tokens_per_s']:>10.0f} tok/s {r['TFLOPs']:>6.1f} TFLOP/s")
+for r in by("e2e_decode"):
+    name = f"e2e decode 1B-shape b{r['batch']} graphs {'on' if r['graphs'] else 'off'}"
+    print(f"{name:38s} {r['step_ms']:>9.3f} ms/step  roofline {r['roofline_ms']:.3f} ms  {r['fraction_of_roofline']:.2f}x roofline")
+for r in by("e2e_error"):
+    print(f"bench_cuda_e2e error: {r}")
 for r in by("error"):
     print(f"bench_cuda error: {r}")
 EOF

@@ -78,6 +78,7 @@ static sn_engine *open_engine(const char *model, int tp, int32_t batch_tokens, i
     o.kv_bytes = kv_bytes;
     o.keep_logits = 1;
     o.threads = 2;
+    o.backend = "cpu"; /* the reference backend, whatever hardware runs the tests */
     sn_engine *e;
     cr_assert_eq(sn_engine_open(&o, &e), SN_OK, "%s", sn_errmsg());
     return e;

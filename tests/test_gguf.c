@@ -312,6 +312,7 @@ Test(gguf, a_real_model_decodes_like_the_numpy_reference)
     o.max_sessions = 1;
     o.threads = 2;
     o.kv_bytes = 16u << 20;
+    o.backend = "cpu";
     sn_engine *e;
     cr_assert_eq(sn_engine_open(&o, &e), SN_OK, "%s", sn_errmsg());
     /* "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"

@@ -76,4 +76,10 @@ struct sn_backend_ops {
 /* The CPU backend: the reference every other backend is tested against. */
 extern const sn_backend_ops sn_cpu_backend;
 
+/* Opens the backend called name (backend_loader.c): "cpu"; "cuda", libsensorium_cuda.so
+ * loaded with dlopen when a GPU is present (an error naming why otherwise); or "auto", CUDA
+ * when it can, else the CPU with one log line saying why. */
+sn_status sn_backend_open_named(const char *name, const sn_model *model, const sn_backend_opts *opts,
+                                sn_backend **out);
+
 #endif /* SN_BACKEND_H */

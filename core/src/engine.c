@@ -163,9 +163,7 @@ sn_status sn_engine_open(const sn_engine_opts *opts, sn_engine **out)
         return sn_fail(SN_ERR_INVALID_ARG, "sn_engine_open: opts, opts->model_dir and out must not be NULL");
     *out = NULL;
     const char *backend = opts->backend ? opts->backend : "auto";
-    if (strcmp(backend, "cuda") == 0)
-        return sn_fail(SN_ERR_UNSUPPORTED, "--backend cuda: this build's engine runs on the CPU only so far (the CUDA backend is not built yet); use --backend cpu");
-    if (strcmp(backend, "auto") != 0 && strcmp(backend, "cpu") != 0)
+    if (strcmp(backend, "cuda") != 0 && strcmp(backend, "auto") != 0 && strcmp(backend, "cpu") != 0)
         return sn_fail(SN_ERR_INVALID_ARG, "unknown backend '%s' (auto, cpu or cuda)", backend);
 
     sn_engine *e = calloc(1, sizeof *e);
@@ -211,7 +209,7 @@ sn_status sn_engine_open(const sn_engine_opts *opts, sn_engine **out)
         .max_seqs = e->max_sessions,
         .max_batch_tokens = e->max_batch_tokens,
     };
-    if ((st = sn_cpu_backend.open(e->model, &bo, &e->backend)) != SN_OK)
+    if ((st = sn_backend_open_named(backend, e->model, &bo, &e->backend)) != SN_OK)
         goto fail;
     if ((st = sn_sampler_init(&e->sampler, e->vocab_size)) != SN_OK)
         goto fail;
@@ -244,9 +242,9 @@ sn_status sn_engine_open(const sn_engine_opts *opts, sn_engine **out)
     const sn_model_config *c = e->cfg;
     snprintf(e->describe, sizeof e->describe,
              "%s: Llama, %d layers, hidden %d, %d heads (%d KV), head_dim %d, FFN %d, vocab %d, context %d; "
-             "backend cpu, tp %d, %d KV blocks of %d positions",
+             "backend %s, tp %d, %d KV blocks of %d positions",
              opts->model_dir, c->n_layers, c->hidden, c->n_heads, c->n_kv_heads, c->head_dim,
-             c->intermediate, c->vocab_size, c->max_positions, bo.tp,
+             c->intermediate, c->vocab_size, c->max_positions, e->backend->ops->name, bo.tp,
              e->backend->ops->kv_total_blocks(e->backend), SN_KV_BLOCK);
     *out = e;
     return SN_OK;

@@ -1,0 +1,124 @@
+/*
+ * test_cuda_vs_cpu.c - the CUDA backend, loaded as the engine loads it (core/src/
+ * backend_loader.c: dlopen of libsensorium_cuda.so), against the CPU backend on the same
+ * small random models from tests/reference/make_model.py: a ragged prefill batch, then
+ * decode steps fed with the CPU's greedy tokens, the same batches on both backends.
+ * Built only in the full tree (it needs the engine core); skips without a GPU.
+ *
+ * Tolerance (bf16 weights and activations on the GPU, fp32 everywhere on the CPU): per
+ * logits row max|cuda - cpu| <= 3e-2 * max|cpu|, and the greedy tokens agree wherever the
+ * CPU's two best logits are more than twice that apart.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "cuda_test.h"
+#include "model.h"
+
+sn_status sn_backend_open_named(const char *name, const sn_model *model, const sn_backend_opts *opts,
+                                sn_backend **out);
+
+#define N_SEQS 3
+
+static int argmax_of(const float *x, int n)
+{
+    int b = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[b])
+            b = i;
+    return b;
+}
+
+static void compare_model(const char *args)
+{
+    char dir[64] = "/tmp/sn_cuda_vs_cpu_XXXXXX", cmd[1024];
+    cr_assert(mkdtemp(dir));
+    snprintf(cmd, sizeof cmd, "python3 %s/tests/reference/make_model.py %s/m %s >/dev/null", SN_SOURCE_DIR, dir, args);
+    cr_assert(system(cmd) == 0, "%s failed", cmd);
+    snprintf(cmd, sizeof cmd, "%s/m", dir);
+    sn_model *m = NULL;
+    cr_assert(sn_model_open(cmd, &m) == SN_OK, "%s", sn_errmsg());
+    const sn_model_config *c = sn_model_config_of(m);
+    sn_backend_opts o = {.threads = 2, .tp = 1, .max_seqs = N_SEQS, .max_batch_tokens = 64};
+    sn_backend *cpu = NULL, *gpu = NULL;
+    cr_assert(sn_cpu_backend.open(m, &o, &cpu) == SN_OK, "%s", sn_errmsg());
+    cr_assert(sn_backend_open_named("cuda", m, &o, &gpu) == SN_OK, "%s", sn_errmsg());
+    cr_assert(strcmp(gpu->ops->name, "cuda") == 0);
+    const int V = c->vocab_size;
+    float *lc = malloc((size_t)N_SEQS * V * sizeof *lc), *lg = malloc((size_t)N_SEQS * V * sizeof *lg);
+    int32_t tokens[64], seq_ids[N_SEQS] = {0, 1, 2}, start[N_SEQS + 1], pos[N_SEQS] = {0, 0, 0};
+    uint8_t lf[N_SEQS] = {1, 1, 1};
+    const int prompt[N_SEQS] = {9, 17, 1};
+    int n = 0;
+    for (int s = 0; s < N_SEQS; s++) {
+        start[s] = n;
+        for (int i = 0; i < prompt[s]; i++)
+            tokens[n++] = (s * 37 + i * 11) % V;
+    }
+    start[N_SEQS] = n;
+    double worst = 0;
+    int disagree = 0;
+    for (int stepi = 0; stepi < 8; stepi++) {
+        for (int s = 0; s < N_SEQS; s++) {
+            const int32_t need = pos[s] + (start[s + 1] - start[s]);
+            cr_assert(cpu->ops->kv_reserve(cpu, s, need) == SN_OK);
+            cr_assert(gpu->ops->kv_reserve(gpu, s, need) == SN_OK, "%s", sn_errmsg());
+        }
+        sn_batch b = {n, tokens, N_SEQS, seq_ids, start, pos, lf};
+        cr_assert(cpu->ops->forward(cpu, &b, lc) == SN_OK, "%s", sn_errmsg());
+        cr_assert(gpu->ops->forward(gpu, &b, lg) == SN_OK, "%s", sn_errmsg());
+        for (int s = 0; s < N_SEQS; s++) {
+            const float *rc = lc + (size_t)s * V, *rg = lg + (size_t)s * V;
+            double mx = 0, err = 0;
+            for (int i = 0; i < V; i++) {
+                mx = fmax(mx, fabs(rc[i]));
+                err = fmax(err, fabs((double)rg[i] - rc[i]));
+            }
+            worst = fmax(worst, err / mx);
+            cr_expect(err <= 3e-2 * mx, "step %d seq %d: max|cuda - cpu| %.4g > 3e-2 * %.4g", stepi, s, err, mx);
+            const int tc = argmax_of(rc, V), tg = argmax_of(rg, V);
+            float second = -INFINITY;
+            for (int i = 0; i < V; i++)
+                if (i != tc && rc[i] > second)
+                    second = rc[i];
+            if (tc != tg && rc[tc] - second > 6e-2 * mx)
+                disagree++;
+            pos[s] += start[s + 1] - start[s];
+            tokens[s] = tc; /* the next step decodes the CPU's greedy token */
+        }
+        n = N_SEQS;
+        for (int s = 0; s <= N_SEQS; s++)
+            start[s] = s;
+    }
+    fprintf(stderr, "%s: worst relative logits error %.4g, %d greedy disagreements\n", args, worst, disagree);
+    cr_expect(disagree == 0);
+    cpu->ops->close(cpu);
+    gpu->ops->close(gpu);
+    sn_model_close(m);
+    free(lc);
+    free(lg);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    cr_expect(system(cmd) == 0);
+}
+
+Test(cuda_vs_cpu, bf16_gqa)
+{
+    compare_model("--vocab 300 --hidden 256 --intermediate 344 --layers 2 --heads 4 --kv-heads 2 --head-dim 64 "
+                  "--dtype bf16 --seed 1");
+}
+
+Test(cuda_vs_cpu, f32_tied_llama3_rope)
+{
+    compare_model("--vocab 257 --hidden 512 --intermediate 640 --layers 3 --heads 8 --kv-heads 2 --head-dim 64 "
+                  "--dtype f32 --tie --llama3-rope --seed 2");
+}
+
+Test(cuda_vs_cpu, f16_mha_head_dim_128)
+{
+    compare_model("--vocab 300 --hidden 256 --intermediate 512 --layers 2 --heads 2 --kv-heads 2 --head-dim 128 "
+                  "--dtype f16 --seed 3");
+}
+
+SN_CUDA_TEST_MAIN()

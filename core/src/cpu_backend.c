@@ -31,6 +31,7 @@
 
 #include "backend.h"
 #include "kv_cache.h"
+#include "rope.h"
 
 /* A weight matrix: rows ld elements apart, of dtype F32 (then sgemm reads it) or a block
  * type (then p is the first block of the first row, and ld a multiple of the block). */
@@ -179,32 +180,6 @@ static sn_status bind_weights(cpu_backend *b)
     return SN_OK;
 }
 
-/* RoPE inverse frequencies theta^(-2i/d), with Llama 3's long-context scaling: frequencies
- * whose wavelength exceeds original_max/low_freq_factor are divided by factor, those shorter
- * than original_max/high_freq_factor kept, and those between interpolated. */
-static void rope_frequencies(const sn_model_config *c, const float *factors, float *inv_freq)
-{
-    const int32_t half = c->head_dim / 2;
-    for (int32_t i = 0; i < half; i++) {
-        double f = pow((double)c->rope_theta, -2.0 * i / c->head_dim);
-        if (c->rope_llama3) {
-            double low_wavelen = c->rope_original_max_positions / c->rope_low_freq_factor;
-            double high_wavelen = c->rope_original_max_positions / c->rope_high_freq_factor;
-            double wavelen = 2.0 * M_PI / f;
-            if (wavelen > low_wavelen)
-                f /= c->rope_factor;
-            else if (wavelen >= high_wavelen) {
-                double smooth = (c->rope_original_max_positions / wavelen - c->rope_low_freq_factor) /
-                                (c->rope_high_freq_factor - c->rope_low_freq_factor);
-                f = (1.0 - smooth) * f / c->rope_factor + smooth * f;
-            }
-        }
-        if (factors) /* a GGUF's precomputed Llama-3 divisors */
-            f /= factors[i];
-        inv_freq[i] = (float)f;
-    }
-}
-
 /* ---------------------------------------------------------------------------------------- */
 /* Open and close                                                                           */
 /* ---------------------------------------------------------------------------------------- */
@@ -329,7 +304,7 @@ static sn_status cpu_open(const sn_model *model, const sn_backend_opts *opts, sn
     b->xsum = malloc((size_t)T * (size_t)(longest / 32 + 1) * sizeof *b->xsum);
     if (!b->inv_freq || !b->x || !b->xn || !b->last || !b->pos || !b->slot || !b->run_of || !b->scores || !b->xsum)
         goto nomem;
-    rope_frequencies(c, sn_model_rope_factors(model), b->inv_freq);
+    sn_rope_inv_freq(c, sn_model_rope_factors(model), b->inv_freq);
     b->qrow_dot = pick_qrow_kernel();
     if ((st = bind_weights(b)) != SN_OK)
         goto fail;

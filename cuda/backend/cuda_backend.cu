@@ -61,6 +61,7 @@
 
 #include "backend_check.h"
 #include "cuda_plan.h"
+#include "rope.h"
 #include "sn_cuda_backend.h"
 #include "sn_cuda_kernels.h"
 #include "tp_split.h"
@@ -317,31 +318,6 @@ static int upload_weights(cuda_backend *b, gpu_rank *g, staging *sg, char *msg, 
     return upload_f32(sg, g_host->model_norm(b->model), H, g->final_norm, msg, msg_len);
 }
 
-/* RoPE inverse frequencies, exactly as cpu_backend.c's rope_frequencies (in double, rounded
- * to float at the end), so both backends rotate by the same angles. */
-static void rope_frequencies(const sn_model_config *c, const float *factors, float *inv_freq)
-{
-    const int32_t half = c->head_dim / 2;
-    for (int32_t i = 0; i < half; i++) {
-        double f = pow((double)c->rope_theta, -2.0 * i / c->head_dim);
-        if (c->rope_llama3) {
-            double low_wavelen = c->rope_original_max_positions / c->rope_low_freq_factor;
-            double high_wavelen = c->rope_original_max_positions / c->rope_high_freq_factor;
-            double wavelen = 2.0 * M_PI / f;
-            if (wavelen > low_wavelen)
-                f /= c->rope_factor;
-            else if (wavelen >= high_wavelen) {
-                double smooth = (c->rope_original_max_positions / wavelen - c->rope_low_freq_factor) /
-                                (c->rope_high_freq_factor - c->rope_low_freq_factor);
-                f = (1.0 - smooth) * f / c->rope_factor + smooth * f;
-            }
-        }
-        if (factors)
-            f /= factors[i];
-        inv_freq[i] = (float)f;
-    }
-}
-
 /* ---------------------------------------------------------------------------------------- */
 /* Open and close                                                                           */
 /* ---------------------------------------------------------------------------------------- */
@@ -568,7 +544,7 @@ static sn_status cuda_open(const sn_model *model, const sn_backend_opts *opts, s
         st = failf(SN_ERR_NOMEM, "out of memory");
         goto fail;
     }
-    rope_frequencies(c, g_host->model_rope_factors(model), inv_freq);
+    sn_rope_inv_freq(c, g_host->model_rope_factors(model), inv_freq);
     for (int32_t s = 0; s < tp; s++) {
         gpu_rank *g = &b->ranks[s];
         g->dev = s;

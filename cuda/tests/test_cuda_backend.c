@@ -21,6 +21,7 @@
 
 #include "cuda_test.h"
 #include "host_model.h"
+#include "rope.h"
 
 /* ---- The reference: fp32, whole history, no cache ----------------------------------------- */
 
@@ -70,27 +71,6 @@ static void ref_rope(float *x, int n, int heads, int hd, const float *inv_freq, 
         }
 }
 
-/* cpu_backend.c's rope_frequencies. */
-static void ref_inv_freq(const sn_model_config *c, float *inv_freq)
-{
-    for (int i = 0; i < c->head_dim / 2; i++) {
-        double f = pow((double)c->rope_theta, -2.0 * i / c->head_dim);
-        if (c->rope_llama3) {
-            double low = c->rope_original_max_positions / c->rope_low_freq_factor;
-            double high = c->rope_original_max_positions / c->rope_high_freq_factor;
-            double wl = 2.0 * M_PI / f;
-            if (wl > low)
-                f /= c->rope_factor;
-            else if (wl >= high) {
-                double sm = (c->rope_original_max_positions / wl - c->rope_low_freq_factor) /
-                            (c->rope_high_freq_factor - c->rope_low_freq_factor);
-                f = (1.0 - sm) * f / c->rope_factor + sm * f;
-            }
-        }
-        inv_freq[i] = (float)f;
-    }
-}
-
 /* logits (vocab) of the last of n tokens. */
 static void ref_forward(const sn_model *m, const int32_t *tok, int n, float *logits)
 {
@@ -100,7 +80,7 @@ static void ref_forward(const sn_model *m, const int32_t *tok, int n, float *log
           *k = calloc((size_t)n * nkv * hd, 4), *v = calloc((size_t)n * nkv * hd, 4), *att = calloc((size_t)n * nh * hd, 4),
           *tmp = calloc((size_t)n * H, 4), *g = calloc((size_t)n * I, 4), *u = calloc((size_t)n * I, 4),
           *sc = calloc((size_t)n, 4), inv_freq[256];
-    ref_inv_freq(c, inv_freq);
+    sn_rope_inv_freq(c, NULL, inv_freq);
     float *emb = ref_weights(&m->embed);
     for (int i = 0; i < n; i++)
         memcpy(x + (size_t)i * H, emb + (size_t)tok[i] * H, (size_t)H * 4);

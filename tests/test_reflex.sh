@@ -4,10 +4,11 @@
 # exit status says whether the >= 95 % accuracy goal holds, with zero malformed actions; and
 # `sensorium live` in a closed loop, whose controller must keep the body nearer upright than
 # no controller under the same disturbances.
-# Usage: test_reflex.sh SENSORIUM_BINARY SOURCE_DIR
+# Usage: test_reflex.sh SENSORIUM_BINARY SOURCE_DIR [EPISODES]   (EPISODES: score only the first
+# that many held-out episodes; 0 or absent: all 500)
 # Exits 77 (skipped) when espeak-ng, which synthesises the spoken commands, is missing.
 set -u
-sn=$1 src=$2
+sn=$1 src=$2 limit=${3:-0}
 command -v espeak-ng >/dev/null || { echo "SKIP: espeak-ng is not installed (scripts/test.sh installs it)"; exit 77; }
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -17,7 +18,7 @@ fail=0
 # episodes, 5 % test): its 500 held-out episodes.
 python3 "$src/scripts/reflex/world.py" --out "$tmp/world" --episodes 10000 --test-fraction 0.05 --seed 1 --only-test >/dev/null 2>&1 \
   || { echo "FAIL: world.py"; exit 1; }
-if out=$("$sn" demo -m "$src/models/reflex" --episodes "$tmp/world/episodes.jsonl" --quiet 2>&1); then
+if out=$("$sn" demo -m "$src/models/reflex" --episodes "$tmp/world/episodes.jsonl" --limit "$limit" --quiet 2>&1); then
   echo "ok   demo: $(grep '^accuracy' <<<"$out")"
 else
   echo "FAIL demo (exit $?):"; echo "$out"; fail=1

@@ -8,9 +8,13 @@
  * pending prompts in arrival order), reserves KV blocks for it, runs the backend once and
  * samples each generating session's next token under its automaton:
  *
- *   outside a segment  only <begin:M> of the allowed output modalities, and EOS;
+ *   outside a segment  only <begin:M> of the allowed output modalities, and the stop ids
+ *                      (EOS and the layout's "stop" list);
  *   inside segment M   only the ids of M the plugin's constrain allows, and <end:M> when the
- *                      plugin lets the segment end.
+ *                      plugin lets the segment end;
+ *   an open segment    (no markers: a language model's own vocabulary) is entered when its
+ *                      generation starts; its plugin's ids minus the specials in its range,
+ *                      and the stop ids, which end it.
  *
  * When the KV pool runs dry, a prompt chunk waits; when nothing at all can run, the session
  * admitted last is preempted (its blocks released, its context recomputed later). A session

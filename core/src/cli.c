@@ -617,10 +617,11 @@ done:
 /* ---------------------------------------------------------------------------------------- */
 
 static const char vocab_help[] =
-    "usage: sensorium vocab [--plugin-path DIRS] MODEL_DIR\n"
+    "usage: sensorium vocab [--plugin-path DIRS] MODEL_DIR|MODEL.gguf\n"
     "\n"
-    "Reads MODEL_DIR/sensorium.json, creates each segment's plugin with its configuration,\n"
-    "checks the layout and prints it: every id range with its role, modality and plugin.\n";
+    "Reads MODEL_DIR/sensorium.json (or a GGUF file's tokenizer), creates each segment's plugin\n"
+    "with its configuration, checks the layout and prints it: every id range with its role,\n"
+    "modality and plugin.\n";
 
 static const char *role_str(sn_token_role r)
 {

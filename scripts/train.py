@@ -13,7 +13,7 @@ Written with JAX (CPU), installed from PyPI when missing.
 
 usage: train.py --layout DIR --data PREFIX --out DIR [--eval PREFIX] [--dim 128]
                 [--layers 4] [--heads 4] [--kv-heads 2] [--ffn 352] [--steps 3000]
-                [--batch 32] [--lr 3e-3] [--seed 0]
+                [--batch 32] [--lr 3e-3] [--seed 0] [--dtype bf16|f32]
   --layout  a model folder whose sensorium.json holds the vocabulary layout (and the plugin
             data files it names); the package is written to --out with the same layout,
             the data files copied, an "architecture" and "weights" added
@@ -152,14 +152,23 @@ def loss_and_acc(p, tokens, weights, cfg):
 # Export
 
 
-def write_safetensors(path, tensors):
-    """F32 safetensors: 8-byte header length, JSON header, data in name order."""
+def to_bf16(a):
+    """float32 -> bfloat16 bits (uint16), rounded to nearest even, as torch does."""
+    bits = np.ascontiguousarray(a, np.float32).view(np.uint32).astype(np.uint64)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    return bits.astype(np.uint16)
+
+
+def write_safetensors(path, tensors, dtype="BF16"):
+    """safetensors with every tensor in dtype (BF16 or F32): an 8-byte header length, the JSON
+    header, the data in name order. BF16 halves the package; the engine computes in fp32."""
     header, blobs, offset = {"__metadata__": {"format": "pt"}}, [], 0
     for name in sorted(tensors):
-        a = np.ascontiguousarray(np.asarray(tensors[name], np.float32))
-        header[name] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
-        blobs.append(a.tobytes())
-        offset += a.nbytes
+        a = np.asarray(tensors[name], np.float32)
+        raw = (to_bf16(a) if dtype == "BF16" else np.ascontiguousarray(a)).tobytes()
+        header[name] = {"dtype": dtype, "shape": list(a.shape), "data_offsets": [offset, offset + len(raw)]}
+        blobs.append(raw)
+        offset += len(raw)
     h = json.dumps(header, separators=(",", ":")).encode()
     h += b" " * (-len(h) % 8)
     with open(path + ".part", "wb") as f:
@@ -170,13 +179,13 @@ def write_safetensors(path, tensors):
     os.replace(path + ".part", path)
 
 
-def export(params, cfg, layout_dir, out_dir, manifest):
+def export(params, cfg, layout_dir, out_dir, manifest, dtype):
     os.makedirs(out_dir, exist_ok=True)
     if os.path.abspath(layout_dir) != os.path.abspath(out_dir):
         for name in os.listdir(layout_dir):  # the plugins' data files (codebooks, ranges)
             if name.endswith(".npy"):
                 shutil.copy2(os.path.join(layout_dir, name), os.path.join(out_dir, name))
-    write_safetensors(os.path.join(out_dir, "model.safetensors"), params)
+    write_safetensors(os.path.join(out_dir, "model.safetensors"), params, dtype)
     m = dict(manifest)
     m["architecture"] = cfg
     m["weights"] = "model.safetensors"
@@ -204,6 +213,7 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dtype", choices=["bf16", "f32"], default="bf16", help="weights as written (default bf16)")
     a = ap.parse_args()
 
     with open(os.path.join(a.layout, "sensorium.json")) as f:
@@ -287,7 +297,7 @@ def main():
                 hl, ha = evaluate(params)
                 line += f"  held-out loss {hl:.4f} acc {ha:.3f}"
             print(line, file=sys.stderr, flush=True)
-    export({k: np.asarray(x) for k, x in params.items()}, cfg, a.layout, a.out, manifest)
+    export({k: np.asarray(x) for k, x in params.items()}, cfg, a.layout, a.out, manifest, a.dtype.upper())
     print(f"train.py: wrote {a.out} ({n_params / 1e6:.2f} M parameters, {time.time() - t0:.0f} s)", file=sys.stderr)
 
 

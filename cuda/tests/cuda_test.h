@@ -58,6 +58,45 @@ static inline float sn_rng_uniform(sn_rng *r, float lo, float hi)
 
 static inline int32_t sn_rng_int(sn_rng *r, int32_t n) { return (int32_t)(sn_rng_next(r) % (uint64_t)n); }
 
+/* Logits for the sampler's tests. kind 0: smooth random; 1: the same rounded to bf16 (ties);
+ * 2: one id far above the rest; 3: two values only (ties everywhere). About one in a thousand
+ * is -inf. */
+static inline void sn_fill_logits(float *lg, int32_t n, int kind, sn_rng *r)
+{
+    for (int32_t i = 0; i < n; i++) {
+        float x = 3.0f * (sn_rng_uniform(r, -1.0f, 1.0f) + sn_rng_uniform(r, -1.0f, 1.0f) + sn_rng_uniform(r, -1.0f, 1.0f));
+        if (kind == 1)
+            x = sn_ref_round_bf16(x);
+        else if (kind == 2)
+            x = i == n / 3 ? 25.0f : x;
+        else if (kind == 3)
+            x = sn_rng_int(r, 4) ? 1.0f : 2.5f;
+        if (sn_rng_int(r, 1000) == 0)
+            x = -INFINITY;
+        lg[i] = x;
+    }
+}
+
+/* A bitset of n ids. kind 0: every id; 1: each id with probability pct %; 2: three ids;
+ * 3: one id; 4: none. */
+static inline void sn_fill_bits(uint64_t *bits, int32_t n, int kind, int pct, sn_rng *r)
+{
+    const size_t bytes = (size_t)((n + 63) / 64) * sizeof *bits;
+    memset(bits, kind == 0 ? 0xff : 0, bytes);
+    if (kind == 0 || kind == 4)
+        return;
+    if (kind == 2 || kind == 3) {
+        for (int i = 0; i < (kind == 2 ? 3 : 1); i++) {
+            const int32_t id = sn_rng_int(r, n);
+            bits[id / 64] |= 1ull << (id % 64);
+        }
+        return;
+    }
+    for (int32_t i = 0; i < n; i++)
+        if (sn_rng_int(r, 100) < pct)
+            bits[i / 64] |= 1ull << (i % 64);
+}
+
 static inline int sn_test_quick(void)
 {
     const char *q = getenv("SN_CUDA_TEST_QUICK");

@@ -222,41 +222,6 @@ typedef struct sample_case {
     int seen_pct;
 } sample_case;
 
-static void fill_logits(float *lg, int32_t n, int kind, sn_rng *r)
-{
-    for (int32_t i = 0; i < n; i++) {
-        float x = sn_rng_uniform(r, -1.0f, 1.0f) + sn_rng_uniform(r, -1.0f, 1.0f) + sn_rng_uniform(r, -1.0f, 1.0f);
-        x *= 3.0f;
-        if (kind == 1)
-            x = sn_ref_round_bf16(x);
-        else if (kind == 2)
-            x = i == n / 3 ? 25.0f : x;
-        else if (kind == 3)
-            x = sn_rng_int(r, 4) ? 1.0f : 2.5f;
-        if (sn_rng_int(r, 1000) == 0)
-            x = -INFINITY;
-        lg[i] = x;
-    }
-}
-
-static void fill_bits(uint64_t *bits, int32_t n, int kind, int pct, sn_rng *r)
-{
-    const int32_t words = (n + 63) / 64;
-    memset(bits, 0, (size_t)words * sizeof *bits);
-    if (kind == 2 || kind == 3) {
-        for (int i = 0; i < (kind == 2 ? 3 : 1); i++) {
-            const int32_t id = sn_rng_int(r, n);
-            bits[id / 64] |= 1ull << (id % 64);
-        }
-        return;
-    }
-    if (kind == 4)
-        return;
-    for (int32_t i = 0; i < n; i++)
-        if (sn_rng_int(r, 100) < pct)
-            bits[i / 64] |= 1ull << (i % 64);
-}
-
 static void run_sample_cases(int32_t vocab, int n_cases, uint64_t seed, int *mismatches, int *cases_run)
 {
     sn_rng r = {seed};
@@ -283,9 +248,9 @@ static void run_sample_cases(int32_t vocab, int n_cases, uint64_t seed, int *mis
         if (sc.mask_kind > 4)
             sc.mask_kind = sc.mask_kind == 5 ? 1 : 0;
         sc.seen_pct = sn_rng_int(&r, 3) * 10;
-        fill_logits(logits, vocab, sc.logit_kind, &r);
-        fill_bits(allowed, vocab, sc.mask_kind, 50, &r);
-        fill_bits(seen, vocab, 1, sc.seen_pct, &r);
+        sn_fill_logits(logits, vocab, sc.logit_kind, &r);
+        sn_fill_bits(allowed, vocab, sc.mask_kind, 50, &r);
+        sn_fill_bits(seen, vocab, 1, sc.seen_pct, &r);
         const uint64_t *al = sc.mask_kind ? allowed : NULL;
         for (int step = 0; step < 4; step++) {
             sc.prm.step = (uint64_t)step * 7919 + (uint64_t)c;

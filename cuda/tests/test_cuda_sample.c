@@ -14,43 +14,6 @@ typedef struct row_case {
     int logit_kind, mask_kind, seen_pct;
 } row_case;
 
-static void fill_logits(float *lg, int32_t n, int kind, sn_rng *r)
-{
-    for (int32_t i = 0; i < n; i++) {
-        float x = 3.0f * (sn_rng_uniform(r, -1.0f, 1.0f) + sn_rng_uniform(r, -1.0f, 1.0f) + sn_rng_uniform(r, -1.0f, 1.0f));
-        if (kind == 1)
-            x = sn_ref_round_bf16(x);
-        else if (kind == 2)
-            x = i == n / 3 ? 25.0f : x;
-        else if (kind == 3)
-            x = sn_rng_int(r, 4) ? 1.0f : 2.5f;
-        if (sn_rng_int(r, 1000) == 0)
-            x = -INFINITY;
-        lg[i] = x;
-    }
-}
-
-static void fill_bits(uint64_t *bits, int32_t n, int kind, int pct, sn_rng *r)
-{
-    memset(bits, 0, (size_t)((n + 63) / 64) * 8);
-    if (kind == 0) {
-        memset(bits, 0xff, (size_t)((n + 63) / 64) * 8);
-        return;
-    }
-    if (kind == 2 || kind == 3) {
-        for (int i = 0; i < (kind == 2 ? 3 : 1); i++) {
-            const int32_t id = sn_rng_int(r, n);
-            bits[id / 64] |= 1ull << (id % 64);
-        }
-        return;
-    }
-    if (kind == 4)
-        return;
-    for (int32_t i = 0; i < n; i++)
-        if (sn_rng_int(r, 100) < pct)
-            bits[i / 64] |= 1ull << (i % 64);
-}
-
 static void run_batch(int32_t vocab, int32_t rows, int use_masks, uint64_t seed)
 {
     sn_rng r = {seed};
@@ -72,9 +35,9 @@ static void run_batch(int32_t vocab, int32_t rows, int use_masks, uint64_t seed)
         c->logit_kind = sn_rng_int(&r, 4);
         c->mask_kind = use_masks ? sn_rng_int(&r, 5) : 0;
         c->seen_pct = sn_rng_int(&r, 3) * 10;
-        fill_logits(logits + i * ld, vocab, c->logit_kind, &r);
-        fill_bits(allowed + (size_t)i * words, vocab, c->mask_kind, 50, &r);
-        fill_bits(seen + (size_t)i * words, vocab, 1, c->seen_pct, &r);
+        sn_fill_logits(logits + i * ld, vocab, c->logit_kind, &r);
+        sn_fill_bits(allowed + (size_t)i * words, vocab, c->mask_kind, 50, &r);
+        sn_fill_bits(seen + (size_t)i * words, vocab, 1, c->seen_pct, &r);
     }
     float *d_logits = sn_dev_upload(logits, (size_t)rows * ld * 4);
     uint64_t *d_allowed = use_masks ? sn_dev_upload(allowed, (size_t)rows * words * 8) : NULL;

@@ -84,7 +84,24 @@ def _sampling(base=None, **kw):
     return p
 
 
-class Engine:
+class _Closing:
+    """close() on leaving a with-block and when collected (errors then are swallowed: the
+    interpreter may be shutting down)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class Engine(_Closing):
     """A model, its plugins and a CPU backend; runs the token streams of many sessions in
     batched steps. Use as a context manager or call close().
 
@@ -261,18 +278,6 @@ class Engine:
         _capi.lib().sn_engine_close(self._h)
         self._h = None
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
-
     def __repr__(self):
         return f"Engine({self.model!r}{', closed' if self.closed else ''})"
 
@@ -285,7 +290,7 @@ class _Cell:
         self.h = h
 
 
-class Session:
+class Session(_Closing):
     """One token stream of an Engine: a context fed with stimuli and token ids, and the
     generations asked of it. Made by Engine.session(); use as a context manager or call
     close(). After close() the results (tokens, logits, stop_reason, error, actions) stay
@@ -504,24 +509,12 @@ class Session:
         # only now, with the C session gone, may the callback objects be freed
         self._callbacks = None
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
-
     def __repr__(self):
         state = "closed" if self._h is None else ("busy" if self.busy else "idle")
         return f"<Session {state}, {len(self.tokens)} tokens, stop {self.stop_reason}>"
 
 
-class Chat:
+class Chat(_Closing):
     """A GGUF model's chat template (chatml or llama3), rendered by the library: feed_turn
     feeds one user turn to a session; then generate "text"."""
 
@@ -544,15 +537,3 @@ class Chat:
         if self._h is not None:
             _capi.lib().sn_chat_close(self._h)
             self._h = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass

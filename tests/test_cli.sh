@@ -90,6 +90,12 @@ check run_needs_model 2 'run: -m MODEL is required' -- "$sn" run --generate text
 check run_needs_generate 2 'say what to generate' -- "$sn" run -m "$tmp/llm" --feed text:"$tmp/text.txt"
 check run_unknown_modality 1 "no modality 'audio'" -- "$sn" run -m "$tmp/llm" --feed audio:"$tmp/text.txt" --generate text
 check run_bad_number 2 '--max-tokens needs a number' -- "$sn" run -m "$tmp/llm" --generate text --max-tokens many
+# Data-parallel replicas on the CPU: the same tokens as one, and the layout said by info.
+check info_dp 0 'backend cpu, dp 2 x tp 1, [0-9]+ KV blocks of 16 positions per replica' -- "$sn" info -m "$tmp/llm" --backend cpu --dp 2
+check info_dp_range 1 '--dp 65: must be between 1 and 64' -- "$sn" info -m "$tmp/llm" --backend cpu --dp 65
+check info_dp_number 2 '--dp needs a number' -- "$sn" info -m "$tmp/llm" --dp two
+"$sn" run -m "$tmp/llm" --backend cpu --feed-tokens "0,3,72,4" --generate raw --max-tokens 6 --print-tokens >"$tmp/dp1.txt" 2>/dev/null
+check run_dp_same_tokens 0 '' -- bash -c "test -s '$tmp/dp1.txt' && '$sn' run -m '$tmp/llm' --backend cpu --dp 3 --feed-tokens '0,3,72,4' --generate raw --max-tokens 6 --print-tokens 2>/dev/null | cmp - '$tmp/dp1.txt'"
 check run_cuda_without_gpu 1 'backend cuda' -- "$sn" run -m "$tmp/llm" --backend cuda --generate text
 check run_not_a_model 1 'not a model folder' -- "$sn" run -m "$tmp" --generate raw
 

@@ -3,7 +3,9 @@
  * (tests/reference/llama_ref.py) on small seeded random models (tests/reference/make_model.py):
  * logits within 1e-4 relative for several shapes, GQA ratios, tied and untied heads, odd
  * sizes and dtypes; chunked prefill equal to whole; batch invariance; KV-pool exhaustion with
- * many sessions; tensor-parallel shards equal to one; the segment automaton.
+ * many sessions; tensor-parallel shards equal to one; data-parallel replicas equal to one,
+ * and the replica wrapper's placement, batch split and errors around fake backends; the
+ * segment automaton.
  *
  * The relative error of a logit row is max|got - ref| / max|ref|.
  */
@@ -14,6 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "backend.h"
 #include "sensorium/sensorium.h"
 #include "test_util.h"
 
@@ -68,11 +71,13 @@ static double rel_err(const float *got, const float *ref, int32_t n)
     return worst / scale;
 }
 
-static sn_engine *open_engine(const char *model, int tp, int32_t batch_tokens, int32_t sessions, size_t kv_bytes)
+static sn_engine *open_engine_dp(const char *model, int tp, int dp, int32_t batch_tokens, int32_t sessions,
+                                 size_t kv_bytes)
 {
     sn_engine_opts o = sn_engine_opts_default();
     o.model_dir = model;
     o.tp = tp;
+    o.dp = dp;
     o.max_batch_tokens = batch_tokens;
     o.max_sessions = sessions;
     o.kv_bytes = kv_bytes;
@@ -82,6 +87,11 @@ static sn_engine *open_engine(const char *model, int tp, int32_t batch_tokens, i
     sn_engine *e;
     cr_assert_eq(sn_engine_open(&o, &e), SN_OK, "%s", sn_errmsg());
     return e;
+}
+
+static sn_engine *open_engine(const char *model, int tp, int32_t batch_tokens, int32_t sessions, size_t kv_bytes)
+{
+    return open_engine_dp(model, tp, 1, batch_tokens, sessions, kv_bytes);
 }
 
 static void prompt(int32_t *t, size_t n, int32_t vocab, uint32_t seed)
@@ -239,9 +249,9 @@ Test(engine, chunked_prefill_equals_whole)
     }
 }
 
-Test(engine, batched_sessions_match_sessions_alone)
+/* Five sessions batched (on dp replicas) give each one's tokens alone, greedy and sampled. */
+static void check_batched(const char *model, int dp)
 {
-    const char *model = make_model("batch", "--seed 31");
     enum { N = 5, STEPS = 12 };
     int32_t p[N][9], alone[N][STEPS];
     for (int i = 0; i < N; i++) {
@@ -250,7 +260,7 @@ Test(engine, batched_sessions_match_sessions_alone)
     }
     /* all together, with sampling at temperature 1 too: same seeds, same tokens */
     for (int temp = 0; temp < 2; temp++) {
-        sn_engine *e = open_engine(model, 1, 16, N, 0);
+        sn_engine *e = open_engine_dp(model, 1, dp, 16, N, 0);
         sn_session *s[N];
         for (int i = 0; i < N; i++) {
             sn_session_opts so = sn_session_opts_default();
@@ -269,7 +279,7 @@ Test(engine, batched_sessions_match_sessions_alone)
             const int32_t *t = sn_session_tokens(s[i], &nt);
             cr_assert_eq(nt, (size_t)(3 + i + STEPS));
             if (!temp)
-                cr_expect_arr_eq(t + 3 + i, alone[i], sizeof alone[i], "session %d differs when batched", i);
+                cr_expect_arr_eq(t + 3 + i, alone[i], sizeof alone[i], "session %d differs when batched (dp %d)", i, dp);
         }
         if (temp) {
             /* sampled: compare with each session alone at the same seed */
@@ -286,7 +296,7 @@ Test(engine, batched_sessions_match_sessions_alone)
                 cr_assert_eq(sn_engine_run(e1), SN_OK);
                 size_t n1, n2;
                 const int32_t *a = sn_session_tokens(s1, &n1), *b = sn_session_tokens(s[i], &n2);
-                cr_expect_arr_eq(a, b, n1 * sizeof *a, "sampled session %d depends on its batch", i);
+                cr_expect_arr_eq(a, b, n1 * sizeof *a, "sampled session %d depends on its batch (dp %d)", i, dp);
                 sn_session_close(s1);
                 sn_engine_close(e1);
             }
@@ -297,18 +307,28 @@ Test(engine, batched_sessions_match_sessions_alone)
     }
 }
 
-Test(engine, kv_pool_exhaustion_preempts_and_recomputes)
+Test(engine, batched_sessions_match_sessions_alone)
 {
-    /* 2 layers, 2 KV heads of 16: a block is 2*2*16*2*16*4 = 8 KiB. A pool of 12 blocks (192
-     * positions) cannot hold 8 sessions of 40 tokens (3 blocks each) at once. */
-    const char *model = make_model("kv", "--seed 41");
+    check_batched(make_model("batch", "--seed 31"), 1);
+}
+
+Test(engine, data_parallel_replicas_match_sessions_alone)
+{
+    const char *model = make_model("dp", "--seed 32");
+    check_batched(model, 2);
+    check_batched(model, 3);
+}
+
+/* 8 sessions of 40 tokens (3 blocks each) on pools that cannot hold them at once. */
+static void check_kv_pressure(const char *model, int dp, size_t kv_bytes)
+{
     enum { N = 8, STEPS = 24 };
     int32_t p[N][16], alone[N][STEPS];
     for (int i = 0; i < N; i++) {
         prompt(p[i], 16, 300, 500u + (uint32_t)i);
         generate_alone(model, p[i], 16, STEPS, 1, alone[i], NULL, 300);
     }
-    sn_engine *e = open_engine(model, 1, 32, N, 12 * 8192);
+    sn_engine *e = open_engine_dp(model, 1, dp, 32, N, kv_bytes);
     sn_session *s[N];
     for (int i = 0; i < N; i++) {
         sn_session_opts so = sn_session_opts_default();
@@ -334,11 +354,22 @@ Test(engine, kv_pool_exhaustion_preempts_and_recomputes)
         size_t nt;
         const int32_t *t = sn_session_tokens(s[i], &nt);
         cr_assert_eq(nt, 16u + STEPS);
-        cr_expect_arr_eq(t + 16, alone[i], sizeof alone[i], "session %d changed under KV pressure", i);
+        cr_expect_arr_eq(t + 16, alone[i], sizeof alone[i], "session %d changed under KV pressure (dp %d)", i, dp);
     }
     for (int i = 0; i < N; i++)
         sn_session_close(s[i]);
     sn_engine_close(e);
+}
+
+/* 2 layers, 2 KV heads of 16: a block is 2*2*16*2*16*4 = 8 KiB. */
+Test(engine, kv_pool_exhaustion_preempts_and_recomputes)
+{
+    check_kv_pressure(make_model("kv", "--seed 41"), 1, 12 * 8192); /* 12 blocks: 192 positions */
+}
+
+Test(engine, kv_pool_exhaustion_on_data_parallel_replicas)
+{
+    check_kv_pressure(make_model("kvdp", "--seed 42"), 2, 6 * 8192); /* 6 blocks per replica */
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -471,4 +502,211 @@ Test(engine, bad_requests_are_clear_errors)
     o.model_dir = sn_test_dir;
     cr_expect_eq(sn_engine_open(&o, &e), SN_ERR_NOT_FOUND);
     cr_expect_not_null(strstr(sn_errmsg(), "not a model folder"), "%s", sn_errmsg());
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* The data-parallel wrapper (backend_dp.c) around fake replicas                            */
+/* ---------------------------------------------------------------------------------------- */
+
+/* A fake backend: a pool of kv_bytes blocks (the budget read as a count), and a forward that
+ * checks every token is seq * 1000 + its position (so the split kept runs and positions
+ * together) and writes [seq, device_first, run length] as a run's logits. Token 999999
+ * fails the step; device_first == fake_broken_device fails the open. */
+typedef struct fake {
+    sn_backend base;
+    int32_t device, free_blocks, total_blocks;
+    int32_t held[16];
+} fake;
+
+static int32_t fake_broken_device = -1;
+static const sn_backend_ops fake_ops;
+
+static sn_status fake_open(const sn_model *m, const sn_backend_opts *o, sn_backend **out)
+{
+    (void)m;
+    if (o->device_first == fake_broken_device)
+        return sn_fail(SN_ERR_CONFIG, "fake: device %d is broken", o->device_first);
+    fake *f = calloc(1, sizeof *f);
+    f->base.ops = &fake_ops;
+    f->device = o->device_first;
+    f->free_blocks = f->total_blocks = (int32_t)o->kv_bytes;
+    *out = &f->base;
+    return SN_OK;
+}
+
+static void fake_close(sn_backend *b) { free(b); }
+
+static sn_status fake_forward(sn_backend *b, const sn_batch *batch, float *logits)
+{
+    const fake *f = (const fake *)b;
+    int32_t row = 0;
+    for (int32_t i = 0; i < batch->n_seqs; i++) {
+        const int32_t seq = batch->seq_ids[i], n = batch->seq_start[i + 1] - batch->seq_start[i];
+        if (f->held[seq] * SN_KV_BLOCK < batch->seq_pos[i] + n)
+            return sn_fail(SN_ERR_INTERNAL, "fake: sequence %d has no blocks here", seq);
+        for (int32_t j = 0; j < n; j++) {
+            const int32_t t = batch->tokens[batch->seq_start[i] + j];
+            if (t == 999999)
+                return sn_fail(SN_ERR_INTERNAL, "fake: poisoned token");
+            if (t != seq * 1000 + batch->seq_pos[i] + j)
+                return sn_fail(SN_ERR_INTERNAL, "fake: run %d token %d is %d", i, j, t);
+        }
+        if (batch->logits_for[i]) {
+            float *lg = logits + (size_t)row++ * 300;
+            lg[0] = (float)seq;
+            lg[1] = (float)f->device;
+            lg[2] = (float)n;
+        }
+    }
+    return SN_OK;
+}
+
+static sn_status fake_reserve(sn_backend *b, int32_t seq, int32_t n_positions)
+{
+    fake *f = (fake *)b;
+    const int32_t need = (n_positions + SN_KV_BLOCK - 1) / SN_KV_BLOCK - f->held[seq];
+    if (need > f->free_blocks)
+        return sn_fail(SN_ERR_NOMEM, "fake: pool full");
+    if (need > 0) {
+        f->free_blocks -= need;
+        f->held[seq] += need;
+    }
+    return SN_OK;
+}
+
+static void fake_release(sn_backend *b, int32_t seq)
+{
+    fake *f = (fake *)b;
+    f->free_blocks += f->held[seq];
+    f->held[seq] = 0;
+}
+
+static int32_t fake_free(const sn_backend *b) { return ((const fake *)b)->free_blocks; }
+static int32_t fake_total(const sn_backend *b) { return ((const fake *)b)->total_blocks; }
+
+static const sn_backend_ops fake_ops = {
+    .name = "fake",
+    .open = fake_open,
+    .close = fake_close,
+    .forward = fake_forward,
+    .kv_reserve = fake_reserve,
+    .kv_release = fake_release,
+    .kv_free_blocks = fake_free,
+    .kv_total_blocks = fake_total,
+};
+
+static sn_model *fake_model(void)
+{
+    sn_model *m;
+    cr_assert_eq(sn_model_open(make_model("fake", "--seed 71"), &m), SN_OK, "%s", sn_errmsg()); /* vocab 300 */
+    return m;
+}
+
+static sn_backend *open_fake_dp(const sn_model *m, int dp, int tp, int32_t blocks, int parallel)
+{
+    sn_backend_opts o = {.tp = tp, .dp = dp, .kv_bytes = (size_t)blocks, .max_seqs = 16, .max_batch_tokens = 64};
+    sn_backend *b;
+    cr_assert_eq(sn_backend_dp_open(&fake_ops, m, &o, parallel, &b), SN_OK, "%s", sn_errmsg());
+    return b;
+}
+
+Test(engine, data_parallel_spreads_sequences_and_splits_the_batch)
+{
+    sn_model *m = fake_model();
+    for (int parallel = 0; parallel < 2; parallel++) {
+        sn_backend *b = open_fake_dp(m, 3, 2, 100, parallel);
+        const sn_backend_ops *ops = b->ops;
+        cr_expect_str_eq(ops->name, "fake");
+        cr_expect_eq(ops->kv_total_blocks(b), 300);
+        /* sequences land round-robin on empty replicas */
+        for (int32_t s = 0; s < 6; s++) {
+            cr_expect_eq(ops->kv_domain(b, s), -1);
+            cr_assert_eq(ops->kv_reserve(b, s, 20 + s), SN_OK, "%s", sn_errmsg());
+            cr_expect_eq(ops->kv_domain(b, s), s % 3, "sequence %d on replica %d", s, ops->kv_domain(b, s));
+        }
+        cr_expect_eq(ops->kv_free_blocks(b), 300 - 12);
+        /* a ragged batch over every replica, in an order that interleaves them */
+        const int32_t seqs[5] = {5, 0, 3, 1, 4}, lens[5] = {3, 1, 4, 2, 1}, pos[5] = {10, 20, 0, 5, 19};
+        const uint8_t want[5] = {1, 1, 0, 1, 1};
+        int32_t tokens[16], start[6], n = 0;
+        for (int i = 0; i < 5; i++) {
+            start[i] = n;
+            for (int32_t j = 0; j < lens[i]; j++)
+                tokens[n++] = seqs[i] * 1000 + pos[i] + j;
+        }
+        start[5] = n;
+        sn_batch batch = {.n_tokens = n, .tokens = tokens, .n_seqs = 5, .seq_ids = seqs, .seq_start = start,
+                          .seq_pos = pos, .logits_for = want};
+        float logits[4 * 300];
+        for (int rep = 0; rep < 3; rep++) { /* the worker threads take several steps */
+            memset(logits, 0xff, sizeof logits);
+            cr_assert_eq(ops->forward(b, &batch, logits), SN_OK, "%s", sn_errmsg());
+            for (int i = 0, row = 0; i < 5; i++) {
+                if (!want[i])
+                    continue;
+                const float *lg = logits + (size_t)row++ * 300;
+                cr_expect_eq(lg[0], (float)seqs[i], "row %d holds sequence %g", row - 1, lg[0]);
+                cr_expect_eq(lg[1], (float)(2 * (seqs[i] % 3)), "replica %d sits on GPUs %g..", seqs[i] % 3, lg[1]);
+                cr_expect_eq(lg[2], (float)lens[i]);
+            }
+        }
+        /* released sequences leave; a new one goes to the replica with the fewest */
+        ops->kv_release(b, 1);
+        cr_expect_eq(ops->kv_domain(b, 1), -1);
+        cr_assert_eq(ops->kv_reserve(b, 7, 16), SN_OK);
+        cr_expect_eq(ops->kv_domain(b, 7), 1);
+        /* a sequence that never ran fails the step, naming it */
+        int32_t one = 9 * 1000, s0 = 0, s1 = 1;
+        uint8_t yes = 1;
+        sn_batch bad = {.n_tokens = 1, .tokens = &one, .n_seqs = 1, .seq_ids = &(int32_t){9}, .seq_start = (int32_t[]){s0, s1},
+                        .seq_pos = &s0, .logits_for = &yes};
+        cr_expect_eq(ops->forward(b, &bad, logits), SN_ERR_INTERNAL);
+        cr_expect_not_null(strstr(sn_errmsg(), "sequence 9 of the batch holds no KV blocks"), "%s", sn_errmsg());
+        ops->close(b);
+    }
+    sn_model_close(m);
+}
+
+Test(engine, data_parallel_places_by_room_and_reports_failures)
+{
+    sn_model *m = fake_model();
+    for (int parallel = 0; parallel < 2; parallel++) {
+        sn_backend *b = open_fake_dp(m, 2, 1, 4, parallel);
+        const sn_backend_ops *ops = b->ops;
+        cr_assert_eq(ops->kv_reserve(b, 0, 64), SN_OK); /* replica 0 full */
+        cr_assert_eq(ops->kv_reserve(b, 1, 16), SN_OK);
+        cr_assert_eq(ops->kv_reserve(b, 2, 16), SN_OK);
+        cr_expect_eq(ops->kv_domain(b, 1), 1);
+        cr_expect_eq(ops->kv_domain(b, 2), 1, "equal counts: the roomier replica");
+        /* the replica with fewer sequences has no room: the roomier one takes it */
+        cr_assert_eq(ops->kv_reserve(b, 3, 16), SN_OK, "%s", sn_errmsg());
+        cr_expect_eq(ops->kv_domain(b, 3), 1);
+        /* nowhere has room for 2 blocks: no home, nothing held */
+        cr_expect_eq(ops->kv_reserve(b, 4, 32), SN_ERR_NOMEM);
+        cr_expect_eq(ops->kv_domain(b, 4), -1);
+        cr_expect_eq(ops->kv_free_blocks(b), 1);
+        /* a homed sequence grows only on its own replica */
+        cr_assert_eq(ops->kv_reserve(b, 3, 32), SN_OK, "%s", sn_errmsg()); /* replica 1 full */
+        cr_expect_eq(ops->kv_reserve(b, 1, 17), SN_ERR_NOMEM);
+        ops->kv_release(b, 0);
+        cr_expect_eq(ops->kv_reserve(b, 1, 17), SN_ERR_NOMEM, "replica 0's room cannot serve sequence 1");
+        /* a replica's failure is the step's, naming the replica */
+        int32_t toks[2] = {999999, 3 * 1000}, seqs[2] = {1, 3}, start[3] = {0, 1, 2}, pos[2] = {0, 0};
+        uint8_t want[2] = {1, 1};
+        sn_batch batch = {.n_tokens = 2, .tokens = toks, .n_seqs = 2, .seq_ids = seqs, .seq_start = start,
+                          .seq_pos = pos, .logits_for = want};
+        float logits[2 * 300];
+        cr_expect_eq(ops->forward(b, &batch, logits), SN_ERR_INTERNAL);
+        cr_expect_not_null(strstr(sn_errmsg(), "replica 1 of 2: fake: poisoned token"), "%s", sn_errmsg());
+        ops->close(b);
+    }
+    /* a replica that cannot open fails the whole open, naming it (and leaks nothing) */
+    fake_broken_device = 2;
+    sn_backend_opts o = {.tp = 1, .dp = 3, .kv_bytes = 4, .max_seqs = 16, .max_batch_tokens = 64};
+    sn_backend *b = NULL;
+    cr_expect_eq(sn_backend_dp_open(&fake_ops, m, &o, 1, &b), SN_ERR_CONFIG);
+    cr_expect_null(b);
+    cr_expect_not_null(strstr(sn_errmsg(), "replica 2 of 3: fake: device 2 is broken"), "%s", sn_errmsg());
+    fake_broken_device = -1;
+    sn_model_close(m);
 }

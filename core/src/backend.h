@@ -44,6 +44,9 @@ typedef struct sn_backend_opts {
     size_t kv_bytes;        /* KV-cache budget in bytes; 0: room for max_seqs full contexts */
     int32_t max_seqs;       /* sequences that may hold blocks at once */
     int32_t max_batch_tokens; /* the largest batch forward() will be given */
+    int32_t device_first;   /* GPU backends: shard s runs on device device_first + s */
+    int32_t dp;             /* data-parallel replicas (sn_backend_dp_open); 0: 1. A single
+                               backend reads it only for its messages */
 } sn_backend_opts;
 
 typedef struct sn_backend_ops sn_backend_ops;
@@ -71,14 +74,26 @@ struct sn_backend_ops {
     /* Free blocks in the pool, and the pool's size. */
     int32_t (*kv_free_blocks)(const sn_backend *b);
     int32_t (*kv_total_blocks)(const sn_backend *b);
+    /* The pool sequence seq takes its blocks from, or -1 while it holds none; only blocks
+     * of the same pool can make room for it. NULL: one pool for every sequence. */
+    int32_t (*kv_domain)(const sn_backend *b, int32_t seq);
 };
 
 /* The CPU backend: the reference every other backend is tested against. */
 extern const sn_backend_ops sn_cpu_backend;
 
+/* Data-parallel replicas (backend_dp.c): opts->dp copies of the backend `inner`, replica r
+ * on devices r * tp ..., each with its own weights and KV pool of opts->kv_bytes, behind one
+ * backend. A sequence lives on one replica from its first kv_reserve until kv_release; each
+ * forward() splits the batch by replica and, when `parallel`, runs the replicas on threads of
+ * their own (GPU replicas; CPU replicas share the cores and run one after another). */
+sn_status sn_backend_dp_open(const sn_backend_ops *inner, const sn_model *model, const sn_backend_opts *opts,
+                             int parallel, sn_backend **out);
+
 /* Opens the backend called name (backend_loader.c): "cpu"; "cuda", libsensorium_cuda.so
  * loaded with dlopen when a GPU is present (an error naming why otherwise); or "auto", CUDA
- * when it can, else the CPU with one log line saying why. */
+ * when it can, else the CPU with one log line saying why. opts->dp > 1 opens that many
+ * replicas (sn_backend_dp_open). */
 sn_status sn_backend_open_named(const char *name, const sn_model *model, const sn_backend_opts *opts,
                                 sn_backend **out);
 

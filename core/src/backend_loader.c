@@ -115,12 +115,21 @@ static const sn_backend_ops *cuda_backend(char *why, size_t why_len)
     return ops;
 }
 
+/* One backend, or opts->dp replicas of it. */
+static sn_status open_ops(const sn_backend_ops *ops, const sn_model *model, const sn_backend_opts *opts,
+                          sn_backend **out)
+{
+    if (opts->dp > 1)
+        return sn_backend_dp_open(ops, model, opts, ops != &sn_cpu_backend, out);
+    return ops->open(model, opts, out);
+}
+
 sn_status sn_backend_open_named(const char *name, const sn_model *model, const sn_backend_opts *opts,
                                 sn_backend **out)
 {
     *out = NULL;
     if (strcmp(name, "cpu") == 0)
-        return sn_cpu_backend.open(model, opts, out);
+        return open_ops(&sn_cpu_backend, model, opts, out);
     if (strcmp(name, "cuda") != 0 && strcmp(name, "auto") != 0)
         return sn_fail(SN_ERR_INVALID_ARG, "unknown backend '%s' (auto, cpu or cuda)", name);
     const int required = strcmp(name, "cuda") == 0;
@@ -128,7 +137,7 @@ sn_status sn_backend_open_named(const char *name, const sn_model *model, const s
     const sn_backend_ops *ops = cuda_backend(why, sizeof why);
     char line[1400];
     if (ops) {
-        sn_status st = ops->open(model, opts, out);
+        sn_status st = open_ops(ops, model, opts, out);
         if (st == SN_OK || required)
             return st;
         snprintf(line, sizeof line, "backend auto: the CUDA backend did not open (%.1200s); running on the CPU", sn_errmsg());
@@ -139,5 +148,5 @@ sn_status sn_backend_open_named(const char *name, const sn_model *model, const s
         snprintf(line, sizeof line, "backend auto: %.1200s; running on the CPU", why);
     }
     sn_log_emit(SN_LOG_INFO, "engine", line);
-    return sn_cpu_backend.open(model, opts, out);
+    return open_ops(&sn_cpu_backend, model, opts, out);
 }

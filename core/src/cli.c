@@ -707,7 +707,7 @@ static const char run_help[] =
     "                     [--max-segments N] [--seed S] [--temperature T] [--top-k K]\n"
     "                     [--top-p P] [--min-p P] [--repetition-penalty R]\n"
     "                     [--sampling MODALITY:T,K,P,MINP,R] [--print-tokens] [-o DIR]\n"
-    "                     [--backend auto|cpu|cuda] [--threads N] [--tp N] [--kv-mb MB]\n"
+    "                     [--backend auto|cpu|cuda] [--threads N] [--tp N] [--dp N] [--kv-mb MB]\n"
     "                     [--prompt TEXT] [--chat TEXT [--system TEXT]] [--plain]\n"
     "\n"
     "Feeds stimuli (each tokenized by its modality's plugin as <begin:M> ... <end:M>) and raw\n"
@@ -720,7 +720,10 @@ static const char run_help[] =
     "--prompt feeds TEXT to the 'text' modality; --chat feeds it as one user turn in a GGUF\n"
     "model's chat template (after --system TEXT, else the template's default system prompt);\n"
     "either makes 'text' the default --generate. --plain prints generated text as it comes\n"
-    "instead of JSON lines.\n";
+    "instead of JSON lines.\n"
+    "--tp N splits every layer over N GPUs (N CPU shards on --backend cpu); --dp N runs N\n"
+    "replicas of the model (replica r on GPUs r*tp ...), each with its own KV pool of\n"
+    "--kv-mb, and spreads sessions over them.\n";
 
 typedef struct run_out {
     const char *dir;
@@ -927,6 +930,7 @@ static int cmd_run(int argc, char **argv)
         else if (strcmp(a, "--repetition-penalty") == 0) so.sampling.repetition_penalty = strtof(v, &end);
         else if (strcmp(a, "--threads") == 0) eo.threads = (int32_t)strtol(v, &end, 10);
         else if (strcmp(a, "--tp") == 0) eo.tp = (int32_t)strtol(v, &end, 10);
+        else if (strcmp(a, "--dp") == 0) eo.dp = (int32_t)strtol(v, &end, 10);
         else if (strcmp(a, "--kv-mb") == 0) eo.kv_bytes = (size_t)strtoull(v, &end, 10) << 20;
         else {
             rc = usage_error("run", "run: unknown option '%s'", a);
@@ -1082,7 +1086,7 @@ done:
 }
 
 static const char info_help[] =
-    "usage: sensorium info -m MODEL [--plugin-path DIRS] [--tp N]\n"
+    "usage: sensorium info -m MODEL [--plugin-path DIRS] [--backend auto|cpu|cuda] [--tp N] [--dp N]\n"
     "\n"
     "Loads the model and prints its architecture, sizes, the backend it would run on and its\n"
     "vocabulary layout.\n";
@@ -1101,8 +1105,14 @@ static int cmd_info(int argc, char **argv)
         i++;
         if (strcmp(a, "-m") == 0 || strcmp(a, "--model") == 0) eo.model_dir = v;
         else if (strcmp(a, "--plugin-path") == 0) eo.plugin_path = v;
-        else if (strcmp(a, "--tp") == 0) eo.tp = atoi(v);
-        else
+        else if (strcmp(a, "--backend") == 0) eo.backend = v;
+        else if (strcmp(a, "--tp") == 0 || strcmp(a, "--dp") == 0) {
+            char *end;
+            long n = strtol(v, &end, 10);
+            if (*end || end == v)
+                return usage_error("info", "info: %s needs a number, not '%s'", a, v);
+            *(a[2] == 't' ? &eo.tp : &eo.dp) = (int32_t)n;
+        } else
             return usage_error("info", "info: unknown option '%s'", a);
     }
     if (!eo.model_dir)

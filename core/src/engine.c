@@ -73,6 +73,7 @@ struct sn_engine {
     const sn_model_config *cfg;
     sn_backend *backend;
     int32_t max_sessions, max_batch_tokens, vocab_size;
+    int32_t dp;               /* data-parallel replicas: KV pools */
     int keep_logits;
     sn_session **sessions;    /* (max_sessions) by slot; NULL when free */
     int64_t admitted;
@@ -206,15 +207,22 @@ sn_status sn_engine_open(const sn_engine_opts *opts, sn_engine **out)
             goto fail;
         }
     }
+    if (opts->dp < 0 || opts->dp > 64 || opts->tp < 0 || opts->tp > 64) {
+        st = sn_fail(SN_ERR_INVALID_ARG, "%s %d: must be between 1 and 64", opts->tp < 0 || opts->tp > 64 ? "--tp" : "--dp",
+                     opts->tp < 0 || opts->tp > 64 ? opts->tp : opts->dp);
+        goto fail;
+    }
     sn_backend_opts bo = {
         .threads = opts->threads,
         .tp = opts->tp > 0 ? opts->tp : 1,
+        .dp = opts->dp > 0 ? opts->dp : 1,
         .kv_bytes = opts->kv_bytes,
         .max_seqs = e->max_sessions,
         .max_batch_tokens = e->max_batch_tokens,
     };
     if ((st = sn_backend_open_named(backend, e->model, &bo, &e->backend)) != SN_OK)
         goto fail;
+    e->dp = bo.dp;
     if ((st = sn_sampler_init(&e->sampler, e->vocab_size)) != SN_OK)
         goto fail;
     size_t words = ((size_t)e->vocab_size + 63) / 64;
@@ -246,10 +254,10 @@ sn_status sn_engine_open(const sn_engine_opts *opts, sn_engine **out)
     const sn_model_config *c = e->cfg;
     snprintf(e->describe, sizeof e->describe,
              "%s: Llama, %d layers, hidden %d, %d heads (%d KV), head_dim %d, FFN %d, vocab %d, context %d; "
-             "backend %s, tp %d, %d KV blocks of %d positions",
+             "backend %s, dp %d x tp %d, %d KV blocks of %d positions%s",
              opts->model_dir, c->n_layers, c->hidden, c->n_heads, c->n_kv_heads, c->head_dim,
-             c->intermediate, c->vocab_size, c->max_positions, e->backend->ops->name, bo.tp,
-             e->backend->ops->kv_total_blocks(e->backend), SN_KV_BLOCK);
+             c->intermediate, c->vocab_size, c->max_positions, e->backend->ops->name, bo.dp, bo.tp,
+             e->backend->ops->kv_total_blocks(e->backend) / bo.dp, SN_KV_BLOCK, bo.dp > 1 ? " per replica" : "");
     *out = e;
     return SN_OK;
 fail:
@@ -735,16 +743,26 @@ static int32_t arrival_order(sn_engine *e)
 
 static int is_idle(const sn_session *s) { return !s->generating && s->n_cached >= s->n_wanted; }
 
+/* The KV pool a session's blocks come from (its data-parallel replica), -1 when it has none. */
+static int32_t kv_domain(const sn_engine *e, const sn_session *s)
+{
+    return e->backend->ops->kv_domain ? e->backend->ops->kv_domain(e->backend, s->slot) : 0;
+}
+
 /* Frees blocks for `keep`: first from idle sessions (newest first; they are recomputed only
  * when they get work again), then from the newest active session admitted after `keep`
- * (recomputed as soon as blocks are free). Never from a session in the batch being packed.
+ * (recomputed as soon as blocks are free). Never from a session in the batch being packed,
+ * nor from another pool than keep's (another replica's blocks cannot make room for it).
  * Returns whether blocks were freed. */
 static int preempt_for(sn_engine *e, int32_t n_order, const sn_session *keep)
 {
+    const int32_t pool = kv_domain(e, keep);
     for (int pass = 0; pass < 2; pass++) {
         for (int32_t k = n_order - 1; k >= 0; k--) {
             sn_session *v = e->sessions[e->order[k]];
             if (v == keep || v->in_batch || v->n_cached == 0)
+                continue;
+            if (pool >= 0 && kv_domain(e, v) != pool)
                 continue;
             if (pass == 0 && !is_idle(v))
                 continue;
@@ -817,8 +835,8 @@ sn_status sn_engine_step(sn_engine *e, int32_t *n_tokens)
             return SN_OK;
         /* A single session whose context exceeds the whole pool. */
         sn_session *s = oldest ? oldest : e->sessions[e->order[0]];
-        sn_fail(SN_ERR_NOMEM, "the session's context of %zu tokens needs more KV blocks than the pool holds (%d blocks of %d positions); raise the KV-cache budget",
-                s->n_tokens, e->backend->ops->kv_total_blocks(e->backend), SN_KV_BLOCK);
+        sn_fail(SN_ERR_NOMEM, "the session's context of %zu tokens needs more KV blocks than %s holds (%d blocks of %d positions); raise the KV-cache budget",
+                s->n_tokens, e->dp > 1 ? "a replica's pool" : "the pool", e->backend->ops->kv_total_blocks(e->backend) / e->dp, SN_KV_BLOCK);
         session_fail(s);
         s->n_wanted = s->n_cached;
         return SN_OK;

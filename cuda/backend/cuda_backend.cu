@@ -501,8 +501,13 @@ static sn_status cuda_open(const sn_model *model, const sn_backend_opts *opts, s
     cudaError_t e = cudaGetDeviceCount(&n_dev);
     if (e != cudaSuccess || n_dev <= 0)
         return failf(SN_ERR_UNSUPPORTED, "CUDA backend: no CUDA device (%s)", cudaGetErrorString(e));
-    if (tp > n_dev)
-        return failf(SN_ERR_CONFIG, "--tp %d needs %d GPUs; this machine has %d", tp, tp, n_dev);
+    const int32_t first = opts->device_first > 0 ? opts->device_first : 0;
+    const int32_t dp = opts->dp > 1 ? opts->dp : 1;
+    if (first + tp > n_dev) {
+        if (dp > 1)
+            return failf(SN_ERR_CONFIG, "--dp %d --tp %d needs %d GPUs; this machine has %d", dp, tp, dp * tp, n_dev);
+        return failf(SN_ERR_CONFIG, "--tp %d needs %d GPUs from GPU %d; this machine has %d", tp, tp, first, n_dev);
+    }
     const int use_nccl = tp > 1 || sn_cuda_env_flag(getenv("SN_CUDA_NCCL"), 0);
 #ifdef SN_CUDA_NO_NCCL
     if (use_nccl)
@@ -547,7 +552,7 @@ static sn_status cuda_open(const sn_model *model, const sn_backend_opts *opts, s
     sn_rope_inv_freq(c, g_host->model_rope_factors(model), inv_freq);
     for (int32_t s = 0; s < tp; s++) {
         gpu_rank *g = &b->ranks[s];
-        g->dev = s;
+        g->dev = first + s;
         sn_tp_split(c->n_heads, c->n_kv_heads, c->intermediate, tp, s, &g->sl);
         g->qkv_w = (g->sl.nh + 2 * g->sl.nkv) * c->head_dim;
     }
@@ -581,7 +586,7 @@ static sn_status cuda_open(const sn_model *model, const sn_backend_opts *opts, s
         goto fail;
     for (int32_t s = 0; s < tp; s++)
         if (open_rank(b, &b->ranks[s], &sg, inv_freq, msg, msg_len)) {
-            st = failf(SN_ERR_NOMEM, "CUDA backend (GPU %d): %s", s, msg);
+            st = failf(SN_ERR_NOMEM, "CUDA backend (GPU %d): %s", b->ranks[s].dev, msg);
             goto fail;
         }
     sn_kv_alloc_free(&b->kv);
@@ -625,12 +630,12 @@ static sn_status cuda_open(const sn_model *model, const sn_backend_opts *opts, s
 #endif
     for (int32_t s = 0; s < tp; s++) {
         if (cudaSetDevice(b->ranks[s].dev) != cudaSuccess || cudaDeviceSynchronize() != cudaSuccess) {
-            st = failf(SN_ERR_INTERNAL, "CUDA backend: GPU %d: %s", s, cudaGetErrorString(cudaGetLastError()));
+            st = failf(SN_ERR_INTERNAL, "CUDA backend: GPU %d: %s", b->ranks[s].dev, cudaGetErrorString(cudaGetLastError()));
             goto fail;
         }
     }
-    snprintf(msg, msg_len, "CUDA backend: %d GPU%s, bf16 weights, %d KV blocks of %d positions, graphs %s, NCCL %s", tp,
-             tp > 1 ? "s" : "", b->n_blocks, SN_KV_BLOCK, b->graphs ? "on" : "off", use_nccl ? "on" : "off");
+    snprintf(msg, msg_len, "CUDA backend: GPU%s %d-%d, bf16 weights, %d KV blocks of %d positions, graphs %s, NCCL %s",
+             tp > 1 ? "s" : "", first, first + tp - 1, b->n_blocks, SN_KV_BLOCK, b->graphs ? "on" : "off", use_nccl ? "on" : "off");
     log_line(SN_LOG_INFO, msg);
     free(sg.bf);
     free(sg.row);
@@ -917,6 +922,7 @@ static int32_t cuda_kv_total_blocks(const sn_backend *base) { return ((const cud
 
 extern "C" const sn_backend_ops sn_cuda_backend_ops_v1 = {
     "cuda", cuda_open, cuda_close, cuda_forward, cuda_kv_reserve, cuda_kv_release, cuda_kv_free_blocks, cuda_kv_total_blocks,
+    NULL, /* kv_domain: one pool */
 };
 
 SN_CUDA_EXPORT const sn_backend_ops *sn_cuda_backend_ops(uint32_t abi, const sn_cuda_host *host)

@@ -104,7 +104,8 @@ class VocabSegment(Structure):
 class EngineOpts(Structure):
     _fields_ = [("model_dir", c_char_p), ("plugin_path", c_char_p), ("backend", c_char_p),
                 ("threads", c_int32), ("tp", c_int32), ("kv_bytes", c_size_t),
-                ("max_sessions", c_int32), ("max_batch_tokens", c_int32), ("keep_logits", c_int)]
+                ("max_sessions", c_int32), ("max_batch_tokens", c_int32), ("keep_logits", c_int),
+                ("dp", c_int32)]
 
 
 class SamplingParams(Structure):

@@ -112,6 +112,8 @@ class Engine(_Closing):
     threads      CPU threads, 0 for all cores
     max_sessions sessions open at once
     tp           tensor-parallel shards
+    dp           data-parallel replicas (each with its own weights and KV pool of kv_mb;
+                 GPUs r*tp... for replica r), sessions spread over them
     kv_mb        KV-cache budget in MiB, 0 for a full context per session
     backend      "auto", "cpu" or "cuda"
     max_batch_tokens  tokens per step, 0 for the library's default (256)
@@ -119,7 +121,7 @@ class Engine(_Closing):
     """
 
     def __init__(self, model, plugin_path=None, threads=0, max_sessions=8, tp=1, kv_mb=0, *,
-                 backend="auto", max_batch_tokens=0, keep_logits=True):
+                 backend="auto", max_batch_tokens=0, keep_logits=True, dp=1):
         L = _capi.lib()
         self._h = None
         self._open = {}  # id(cell) -> (_Cell, weakref to its Session): the open sessions
@@ -130,6 +132,7 @@ class Engine(_Closing):
         opts.model_dir, opts.plugin_path, opts.backend = self._args
         opts.threads = int(threads)
         opts.tp = int(tp)
+        opts.dp = int(dp)
         opts.kv_bytes = int(kv_mb) << 20
         opts.max_sessions = int(max_sessions)
         opts.max_batch_tokens = int(max_batch_tokens)

@@ -137,6 +137,19 @@ class RawTokens(unittest.TestCase):
             e.run()
             self.assertNotEqual(other.generated.tolist(), want, "the seed changed nothing")
 
+    def test_data_parallel_replicas_match_cli(self):
+        """dp reaches the library (the struct's last field): sessions on 2 replicas."""
+        want, _ = cli_run("-m", models["hf"], "--feed-tokens", ",".join(map(str, self.prompt)),
+                          "--generate", "raw", "--max-tokens", "16")
+        with sn.Engine(models["hf"], backend="cpu", dp=2) as e:
+            self.assertIn("dp 2 x tp 1", e.describe)
+            s = [e.session() for _ in range(3)]
+            for x in s:
+                x.feed_tokens(self.prompt).generate(None, max_tokens=16)
+            e.run()
+            for x in s:
+                self.assertEqual(x.generated.tolist(), want)
+
     def reference(self, ids):
         """llama_ref.py's logits of the last position of ids, float64."""
         path = os.path.join(tmp, "ref.npy")

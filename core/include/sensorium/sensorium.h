@@ -293,6 +293,9 @@ typedef struct sn_engine_opts {
     int32_t max_sessions;     /* sessions open at once; 0: 16 */
     int32_t max_batch_tokens; /* tokens per step; 0: 256 */
     int keep_logits;          /* nonzero: sessions keep their latest logits (sn_session_logits) */
+    int32_t dp;               /* data-parallel replicas, each with its own weights and KV pool
+                                 of kv_bytes (GPU backends: replica r on GPUs r*tp...), sessions
+                                 spread over them; 0 or 1: none */
 } sn_engine_opts;
 
 /* Sampling parameters; temperature 0 is greedy. */

@@ -78,7 +78,8 @@ typedef struct sn_cuda_paged_kv {
     const sn_bf16 *v_cache;      /* (n_blocks, n_kv_heads, 16, head_dim) */
     const int32_t *block_tables; /* (rows, table_stride) physical block of each logical one */
     int32_t table_stride;
-    int32_t n_heads, n_kv_heads; /* query heads, KV heads; n_heads % n_kv_heads == 0 */
+    int32_t n_heads, n_kv_heads; /* query heads, KV heads; n_heads % n_kv_heads == 0, the group
+                                  * n_heads / n_kv_heads at most 16 (decode) or 64 (prefill) */
     int32_t head_dim;            /* decode: 64, 96, 128 or 256; prefill: 64, 96, 128 or 256 */
     float scale;                 /* score scale, usually 1/sqrt(head_dim) */
 } sn_cuda_paged_kv;

@@ -21,6 +21,8 @@ namespace {
 
 constexpr int NT = 128;
 constexpr int TILE = SN_DECODE_TILE;
+static_assert(NT == 2 * TILE, "the scores give each thread one position and half of the group's heads");
+static_assert(TILE == 64, "the softmax gives each lane two positions");
 
 template <int HD> __host__ __device__ constexpr int row_elems() { return HD + 8; } /* padded smem row: no bank conflicts */
 
@@ -32,6 +34,9 @@ template <int HD, int GMAX> struct DecodeSmem {
     static constexpr size_t S_OFF = V_OFF + sizeof(__nv_bfloat16) * 2 * KV_STAGE; /* float[GMAX][TILE] */
     static constexpr size_t STAT_OFF = S_OFF + sizeof(float) * GMAX * TILE;        /* float[3][GMAX] */
     static constexpr size_t BYTES = STAT_OFF + sizeof(float) * 3 * GMAX;
+    /* cp.async and the uint4/float4 reads need 16-byte aligned rows */
+    static_assert(K_OFF % 16 == 0 && V_OFF % 16 == 0 && (row_elems<HD>() * 2) % 16 == 0 && (HD * 4) % 16 == 0,
+                  "shared memory rows aligned");
 };
 
 /* Starts the copies of positions [t0, t0 + n) into stage `stage`. */
@@ -264,7 +269,7 @@ cudaError_t launch(__nv_bfloat16 *out, int64_t out_stride, const __nv_bfloat16 *
 {
     using L = DecodeSmem<HD, GMAX>;
     auto kern = attn_decode_kernel<HD, GMAX>;
-    cudaError_t err = sn::set_smem_once(kern, L::BYTES);
+    cudaError_t err = sn::set_smem_once<attn_decode_kernel<HD, GMAX>>(L::BYTES);
     if (err != cudaSuccess)
         return err;
     const dim3 grid(plan.n_splits, kv->n_kv_heads, n_seqs);

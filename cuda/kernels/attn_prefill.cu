@@ -255,7 +255,7 @@ cudaError_t launch(__nv_bfloat16 *out, int64_t out_stride, const __nv_bfloat16 *
 {
     using L = PrefillSmem<HD>;
     auto kern = attn_prefill_kernel<HD>;
-    cudaError_t err = sn::set_smem_once(kern, L::BYTES);
+    cudaError_t err = sn::set_smem_once<attn_prefill_kernel<HD>>(L::BYTES);
     if (err != cudaSuccess)
         return err;
     const int group = kv->n_heads / kv->n_kv_heads;

@@ -9,6 +9,8 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include <atomic>
+
 #include "../sn_cuda_kernels.h"
 
 #define SN_FULL_MASK 0xffffffffu
@@ -116,20 +118,23 @@ template <int NT, typename T> __device__ __forceinline__ T block_excl_scan(T v, 
     return r;
 }
 
-/* Raises a kernel's dynamic shared-memory limit once per device (the first launch on it, which
- * a backend makes before capturing graphs), not on every launch. */
-template <typename K> cudaError_t set_smem_once(K kernel, size_t bytes)
+/* Raises kernel K's dynamic shared-memory limit once per device (the first launch on it, which
+ * a backend makes before capturing graphs), not on every launch. K is a template argument so
+ * that each kernel gets its own flags: the instantiations of a kernel template share one
+ * pointer type, so flags kept per pointer type would let the first one set stand for all.
+ * Atomic: data-parallel replicas launch from threads of their own. */
+template <auto K> cudaError_t set_smem_once(size_t bytes)
 {
-    static bool done[64];
+    static std::atomic<bool> done[64];
     int dev = 0;
     cudaError_t err = cudaGetDevice(&dev);
     if (err != cudaSuccess)
         return err;
-    if (dev >= 0 && dev < 64 && done[dev])
+    if (dev >= 0 && dev < 64 && done[dev].load(std::memory_order_relaxed))
         return cudaSuccess;
-    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+    err = cudaFuncSetAttribute(K, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
     if (err == cudaSuccess && dev >= 0 && dev < 64)
-        done[dev] = true;
+        done[dev].store(true, std::memory_order_relaxed);
     return err;
 }
 

@@ -1,8 +1,9 @@
 /*
  * test_cuda_attn_prefill.c - sn_cuda_attn_prefill against ref/attn_prefill_ref.c (fp64): a
  * ragged batch of runs (1 token, 16, 17, 64, 100, 130 tokens; starting at position 0, mid
- * block, or after a long cached prefix), head sizes 64/96/128/256, GQA groups 1, 2, 3, 4, 7
- * and 8 (odd head counts; groups 3 and 7 leave padding rows in a 64-row tile), shuffled blocks, sharp and flat softmaxes.
+ * block, or after a long cached prefix), head sizes 64/96/128/256, GQA groups 1, 2, 3, 4, 5, 7,
+ * 8, 16 and 64 (odd head counts; groups 3, 5 and 7 leave padding rows in a 64-row tile, 16 and
+ * 64 put 4 and 1 tokens in it), shuffled blocks, sharp and flat softmaxes.
  * Tolerance: 4e-3 + 1.5e-2|ref|. P enters the tensor cores as bf16 (2^-9 relative per
  * weight) and the output is rounded to bf16; test_cuda_cpu replays the same tiling with bf16
  * P within 2e-3 + 1e-2|ref|, and exactly (2e-6) with fp32 P. A wrong mask, row or block is off
@@ -83,7 +84,8 @@ static void run_case(shape sh, int32_t n_seqs, const int32_t *lens, const int32_
     free(seq_start), free(rows), free(kc), free(vc), free(perm), free(tables), free(q16), free(qf), free(want), free(o16), free(got);
 }
 
-static const shape shapes[] = {{8, 8, 64}, {6, 3, 64}, {12, 3, 96}, {32, 4, 128}, {14, 2, 128}, {21, 3, 128}, {4, 2, 256}, {9, 3, 128}};
+static const shape shapes[] = {{8, 8, 64}, {6, 3, 64},  {12, 3, 96}, {32, 4, 128}, {14, 2, 128}, {21, 3, 128},
+                               {4, 2, 256}, {9, 3, 128}, {10, 2, 96}, {16, 1, 64},  {64, 1, 64}};
 
 Test(cuda_attn_prefill, ragged_batch_with_cached_prefixes)
 {

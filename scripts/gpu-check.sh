@@ -8,12 +8,15 @@
 # compute-sanitizer on the attention and sampling suites if time is left, and prints a table.
 #
 # Every step has a timeout and a share of one overall budget (GPU_CHECK_BUDGET seconds, default
-# 420, well under 8 minutes); a failed step is reported and the next one still runs. Exit
-# status: 0 when every step passed, 1 when one failed, 77 when there is no GPU.
+# 420, well under 8 minutes: give the device tool a timeout_s of at least the budget + 60); a
+# failed step is reported and the next one still runs, and the summary table is always printed
+# last. Exit status: 0 when every step passed, 1 when one failed, 77 when there is no GPU.
 #
 # Logs and results go to $GPU_CHECK_OUT, else $OUT (the device tool's folder), else
-# build-gpu/logs: build.log, ctest.log, bench.log/.jsonl, e2e.jsonl, torch.log/.jsonl,
-# sanitizer.log, summary.txt (9 files: what the device tool brings back).
+# build-gpu/logs, in 6 files (the device tool brings back at most 8): build.log, ctest.log (the
+# suites and test_cuda_backend), bench.log (the benchmarks' tables), bench.jsonl (every
+# benchmark's JSON lines), sanitizer.log, summary.txt. The build keeps going past a target that
+# fails to compile, and every step whose program was built still runs.
 #
 # Environment: GPU_CHECK_BUDGET (seconds), GPU_CHECK_QUICK=1 (smaller benchmarks),
 # GPU_CHECK_SANITIZER=0 (skip compute-sanitizer), CUDA_ARCH (default 90a).
@@ -26,21 +29,32 @@ BUDGET=${GPU_CHECK_BUDGET:-420}
 ARCH=${CUDA_ARCH:-90a}
 QUICK=${GPU_CHECK_QUICK:-0}
 START=$(date +%s)
-mkdir -p "$LOGS"
-: >"$LOGS/bench.jsonl"
-: >"$LOGS/torch.jsonl"
-: >"$LOGS/e2e.jsonl"
 
 say() { printf '\n== gpu-check: %s (t+%ss)\n' "$*" "$(( $(date +%s) - START ))"; }
 
-# ---- Is there a GPU? --------------------------------------------------------------------------
-if ! command -v nvidia-smi >/dev/null 2>&1 || ! gpu_list=$(timeout 30 nvidia-smi -L 2>&1) || \
-   ! grep -q '^GPU' <<<"$gpu_list"; then
-  echo "gpu-check: SKIP: no NVIDIA GPU here (nvidia-smi: ${gpu_list:-not installed})"
+# ---- Is there a GPU? (before anything is written) --------------------------------------------
+# nvidia-smi on the PATH or in the driver's usual folders; without it, the device nodes decide
+# (the CUDA suites then probe the device themselves and say why if it is unusable).
+smi=$(command -v nvidia-smi 2>/dev/null)
+for d in /usr/local/nvidia/bin /usr/bin /usr/local/bin; do
+  [[ -z $smi && -x $d/nvidia-smi ]] && smi=$d/nvidia-smi
+done
+gpu_list=""
+if [[ -n $smi ]]; then
+  gpu_list=$(timeout 30 "$smi" -L 2>&1) || gpu_list=""
+  gpu_list=$(grep '^GPU' <<<"$gpu_list")
+elif [[ -e /dev/nvidiactl && -e /dev/nvidia0 ]]; then
+  gpu_list="GPU (nvidia-smi not found; /dev/nvidia0 present)"
+fi
+if [[ -z $gpu_list ]]; then
+  echo "gpu-check: SKIP: no NVIDIA GPU here (nvidia-smi: ${smi:-not installed}; no GPU listed)"
   exit 77
 fi
 echo "gpu-check: $gpu_list"
-timeout 30 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv 2>&1 || true
+[[ -n $smi ]] && { timeout 30 "$smi" --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv 2>&1 || true; }
+
+mkdir -p "$LOGS" "$BUILD/gpu-check"
+: >"$LOGS/bench.jsonl"
 
 if ! command -v nvcc >/dev/null 2>&1; then
   for d in /usr/local/cuda/bin /usr/local/cuda-*/bin; do
@@ -91,38 +105,59 @@ run_step() {
   [[ $status == ok ]]
 }
 
+# built NAME PATH: 0 when the program was built; otherwise records the step as not built.
+built() {
+  [[ -x $2 ]] && return 0
+  STEP_NAMES+=("$1"); STEP_STATUS+=("not built (see build.log)"); STEP_SECS+=(0)
+  FAILED=1
+  return 1
+}
+
+# run_bench NAME MAX PROGRAM ARGS...: its JSON lines (stdout) are appended to bench.jsonl,
+# stdout and stderr (its table) to bench.log.
+run_bench() {
+  local name=$1 max=$2 json="$BUILD/gpu-check/$1.jsonl"
+  shift 2
+  : >"$json"
+  run_step "$name" "$max" "$LOGS/bench.log" bash -c '"${@:2}" >"$1"; rc=$?; cat "$1"; exit $rc' _ "$json" "$@"
+  local rc=$?
+  cat "$json" >>"$LOGS/bench.jsonl"
+  return $rc
+}
+
 generator=()
-command -v ninja >/dev/null 2>&1 && generator=(-G Ninja)
-built=0
+keep_going=(-- -k)
+command -v ninja >/dev/null 2>&1 && generator=(-G Ninja) && keep_going=(-- -k 0)
+configured=0
 qflag=()
 [[ $QUICK == 1 ]] && qflag=(--quick)
 if run_step configure 120 "$LOGS/build.log" \
      cmake -S "$ROOT/cuda" -B "$BUILD" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
        -DCMAKE_CUDA_ARCHITECTURES="$ARCH" -DSN_WERROR=OFF; then
-  run_step build 300 "$LOGS/build.log" cmake --build "$BUILD" -j "$(nproc)" && built=1
+  configured=1
+  # keeps going past a target that fails: whatever did build is still tested below
+  run_step build 300 "$LOGS/build.log" cmake --build "$BUILD" -j "$(nproc)" "${keep_going[@]}"
 fi
 
-if (( built )); then
-  # verbose: the worst element of every comparison goes to ctest.log, passing or not
+if (( configured )); then
+  # verbose: the worst element of every comparison goes to ctest.log, passing or not (a suite
+  # that did not build shows as "Not Run")
   run_step "ctest (CUDA suites)" 200 "$LOGS/ctest.log" \
     ctest --test-dir "$BUILD" -L cuda -E '^test_cuda_backend$' -V --timeout 150 -j 4
-  # the backend end to end against the fp32 reference (graphs on and off, one-rank NCCL)
-  run_step "test_cuda_backend" 120 "$LOGS/ctest.log" "$BUILD/test_cuda_backend" --ascii
+  # the backend end to end against the fp32 reference (graphs on and off, one-rank NCCL,
+  # replicas on two threads)
+  built test_cuda_backend "$BUILD/test_cuda_backend" &&
+    run_step "test_cuda_backend" 150 "$LOGS/ctest.log" "$BUILD/test_cuda_backend" --ascii
   # end-to-end decode of a Llama-3.2-1B-shaped random model (batch 1 and 64) against the
-  # bandwidth roofline: JSON lines to e2e.jsonl, the table to bench.log
-  run_step "bench_cuda_e2e" 120 "$LOGS/bench.log" \
-    bash -c '"$1" "${@:3}" >"$2"; rc=$?; cat "$2"; exit $rc' _ "$BUILD/bin/bench_cuda_e2e" "$LOGS/e2e.jsonl" "${qflag[@]}"
+  # bandwidth roofline
+  built bench_cuda_e2e "$BUILD/bin/bench_cuda_e2e" &&
+    run_bench bench_cuda_e2e 120 "$BUILD/bin/bench_cuda_e2e" "${qflag[@]}"
+  built bench_cuda "$BUILD/bin/bench_cuda" &&
+    run_bench bench_cuda 150 "$BUILD/bin/bench_cuda" "${qflag[@]}"
 fi
-# JSON lines to *.jsonl, the readable tables to *.log
-if (( built )); then
-  run_step "bench_cuda" 150 "$LOGS/bench.log" \
-    bash -c '"$1" "${@:3}" >"$2"; rc=$?; cat "$2"; exit $rc' _ "$BUILD/bin/bench_cuda" "$LOGS/bench.jsonl" "${qflag[@]}"
-fi
-run_step "bench_cuda_torch" 150 "$LOGS/torch.log" \
-  bash -c 'PYTHONUNBUFFERED=1 python3 "$1" "${@:3}" >"$2"; rc=$?; cat "$2"; exit $rc' _ \
-  "$ROOT/bench/bench_cuda_torch.py" "$LOGS/torch.jsonl" "${qflag[@]}"
+run_bench bench_cuda_torch 150 env PYTHONUNBUFFERED=1 python3 "$ROOT/bench/bench_cuda_torch.py" "${qflag[@]}"
 
-if (( built )) && [[ ${GPU_CHECK_SANITIZER:-1} != 0 ]]; then
+if (( configured )) && [[ ${GPU_CHECK_SANITIZER:-1} != 0 ]]; then
   san=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null | head -1)
   if [[ -n $san ]]; then
     OPTIONAL=1
@@ -132,6 +167,7 @@ if (( built )) && [[ ${GPU_CHECK_SANITIZER:-1} != 0 ]]; then
                  "memcheck test_cuda_attn_decode" "racecheck test_cuda_attn_decode" \
                  "memcheck test_cuda_sample" "racecheck test_cuda_sample" "memcheck test_cuda_kv_store"; do
       set -- $check
+      [[ -x $BUILD/$2 ]] || continue
       run_step "$1 $2" 75 "$LOGS/sanitizer.log" \
         env SN_CUDA_TEST_QUICK=1 "$san" --tool "$1" --target-processes all --error-exitcode 3 "$BUILD/$2" --ascii
     done
@@ -154,7 +190,7 @@ fi
   if [[ -s $LOGS/sanitizer.log ]]; then
     grep -E 'ERROR SUMMARY' "$LOGS/sanitizer.log" | sort | uniq -c | sed 's/^/  sanitizer: /'
   fi
-  python3 - "$LOGS/bench.jsonl" "$LOGS/torch.jsonl" "$LOGS/e2e.jsonl" <<'EOF' || cat "$LOGS/bench.jsonl" "$LOGS/torch.jsonl" "$LOGS/e2e.jsonl"
+  python3 - "$LOGS/bench.jsonl" <<'EOF' || cat "$LOGS/bench.jsonl"
 import json, sys
 rows = []
 for path in sys.argv[1:]:

@@ -44,12 +44,19 @@
  * current step's values at the same addresses. SN_CUDA_GRAPHS=0 turns graphs off; they are also off whenever NCCL is in use
  * (tp > 1 or SN_CUDA_NCCL=1), where every step runs eagerly.
  *
- * Tensor parallelism. --tp N uses GPUs 0..N-1, one thread driving all of them, one NCCL
- * communicator per GPU (ncclCommInitAll). Rank s holds exactly the heads and FFN columns of
- * cpu_backend.c's shard s (tp_split.h), keeps a full copy of the residual stream, and the
- * f32 partials of the output and down projections are summed with ncclAllReduce (grouped
- * over the ranks). The LM head runs on rank 0 only. With tp = 1, SN_CUDA_NCCL=1 routes the
- * partials through a one-rank NCCL all-reduce, to test that path on one GPU.
+ * Data parallelism (core/src/backend_dp.c). Each replica is a backend of its own on GPUs
+ * device_first .. device_first + tp - 1, and replicas' forward() calls run at once on threads
+ * of their own: every per-rank call first makes its rank's device current (a thread's current
+ * device is its own), and graphs are captured in cudaStreamCaptureModeThreadLocal, so that
+ * another thread's cudaMalloc or synchronous copy does not invalidate a capture.
+ *
+ * Tensor parallelism. --tp N uses N consecutive GPUs from device_first, one thread driving
+ * all of them, one NCCL communicator per GPU (ncclCommInitAll). Rank s holds exactly the
+ * heads and FFN columns of cpu_backend.c's shard s (tp_split.h), keeps a full copy of the
+ * residual stream, and the f32 partials of the output and down projections are summed with
+ * ncclAllReduce (grouped over the ranks). The LM head runs on rank 0 only. With tp = 1,
+ * SN_CUDA_NCCL=1 routes the partials through a one-rank NCCL all-reduce, to test that path on
+ * one GPU.
  */
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
@@ -325,6 +332,22 @@ static int upload_weights(cuda_backend *b, gpu_rank *g, staging *sg, char *msg, 
 static int free_rank(gpu_rank *g, int32_t n_layers, char *msg, size_t msg_len)
 {
     CUDA_CHECK(cudaSetDevice(g->dev));
+    /* Users of the buffers first: the communicator and the cuBLAS handle (which holds blas_ws
+     * as its workspace) go before any buffer is freed, the stream they run on last. */
+#ifndef SN_CUDA_NO_NCCL
+    if (g->comm) {
+        ncclResult_t nr = ncclCommDestroy(g->comm);
+        if (nr != ncclSuccess)
+            teardown_failed("ncclCommDestroy(g->comm)", __FILE__, __LINE__, ncclGetErrorString(nr));
+        g->comm = NULL;
+    }
+#endif
+    if (g->blas) {
+        cublasStatus_t bs = cublasDestroy(g->blas);
+        if (bs != CUBLAS_STATUS_SUCCESS)
+            teardown_failed("cublasDestroy(g->blas)", __FILE__, __LINE__, cublasGetStatusString(bs));
+        g->blas = NULL;
+    }
     if (g->layers) {
         for (int32_t l = 0; l < n_layers; l++) {
             gpu_layer *gl = &g->layers[l];
@@ -343,17 +366,8 @@ static int free_rank(gpu_rank *g, int32_t n_layers, char *msg, size_t msg_len)
                     g->qkv, g->att, g->gu, g->act, g->last, g->logits, g->meta, g->tables, g->attn_ws, g->blas_ws};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         TEARDOWN_CUDA(cudaFree(bufs[i]));
-#ifndef SN_CUDA_NO_NCCL
-    if (g->comm) {
-        ncclResult_t nr = ncclCommDestroy(g->comm);
-        if (nr != ncclSuccess)
-            teardown_failed("ncclCommDestroy(g->comm)", __FILE__, __LINE__, ncclGetErrorString(nr));
-    }
-#endif
-    if (g->blas)
-        BLAS_CHECK(cublasDestroy(g->blas));
     if (g->stream)
-        CUDA_CHECK(cudaStreamDestroy(g->stream));
+        TEARDOWN_CUDA(cudaStreamDestroy(g->stream));
     return 0;
 }
 
@@ -363,6 +377,10 @@ static void cuda_close(sn_backend *base)
     if (!b)
         return;
     char msg[512];
+    /* close() may run on another thread than open() (data-parallel replicas): the graphs are
+     * rank 0's, so its device is made current before they are destroyed. */
+    if (b->ranks && b->n_graphs)
+        TEARDOWN_CUDA(cudaSetDevice(b->ranks[0].dev));
     for (int32_t i = 0; i < b->n_graphs; i++)
         if (b->graph_cache[i].exec)
             TEARDOWN_CUDA(cudaGraphExecDestroy(b->graph_cache[i].exec));
@@ -634,8 +652,13 @@ static sn_status cuda_open(const sn_model *model, const sn_backend_opts *opts, s
             goto fail;
         }
     }
-    snprintf(msg, msg_len, "CUDA backend: GPU%s %d-%d, bf16 weights, %d KV blocks of %d positions, graphs %s, NCCL %s",
-             tp > 1 ? "s" : "", first, first + tp - 1, b->n_blocks, SN_KV_BLOCK, b->graphs ? "on" : "off", use_nccl ? "on" : "off");
+    char gpus[48];
+    if (tp > 1)
+        snprintf(gpus, sizeof gpus, "GPUs %d-%d", first, first + tp - 1);
+    else
+        snprintf(gpus, sizeof gpus, "GPU %d", first);
+    snprintf(msg, msg_len, "CUDA backend: %s, bf16 weights, %d KV blocks of %d positions, graphs %s, NCCL %s", gpus,
+             b->n_blocks, SN_KV_BLOCK, b->graphs ? "on" : "off", use_nccl ? "on" : "off");
     log_line(SN_LOG_INFO, msg);
     free(sg.bf);
     free(sg.row);
@@ -801,6 +824,9 @@ static int enqueue_step(cuda_backend *b, const sn_cuda_step *st, int32_t ctx_buc
 static int run_graph(cuda_backend *b, const sn_cuda_step *st, const sn_cuda_graph_key *key, char *msg, size_t msg_len)
 {
     gpu_rank *g = &b->ranks[0];
+    /* The caller's thread may be any replica's worker: launch and capture with rank 0's
+     * device current, whatever the uploads before left current. */
+    CUDA_CHECK(cudaSetDevice(g->dev));
     graph_entry *ge = NULL;
     for (int32_t i = 0; i < b->n_graphs; i++)
         if (b->graph_cache[i].key.n_seqs == key->n_seqs && b->graph_cache[i].key.ctx_bucket == key->ctx_bucket)
@@ -817,7 +843,6 @@ static int run_graph(cuda_backend *b, const sn_cuda_step *st, const sn_cuda_grap
         }
         return enqueue_step(b, st, key->ctx_bucket, 1, msg, msg_len);
     }
-    CUDA_CHECK(cudaSetDevice(g->dev));
     CUDA_CHECK(cudaStreamBeginCapture(g->stream, cudaStreamCaptureModeThreadLocal));
     cudaGraph_t graph = NULL;
     if (enqueue_step(b, st, key->ctx_bucket, 1, msg, msg_len)) {

@@ -25,6 +25,10 @@ namespace {
 constexpr int NT = 1024; /* threads per row */
 constexpr int UNROLL = 2; /* 16-byte loads in flight per thread per pass iteration */
 constexpr uint32_t NONE = 0xffffffffu;
+/* pick_bin: each of warp 0's 32 lanes sums 8 bins; block_sum and block_excl_scan: NT / 32 warp
+ * totals in one warp (Shared's 32-entry arrays). */
+static_assert(SN_SAMP_RADIX_BINS == 32 * 8, "pick_bin gives each lane of warp 0 eight bins");
+static_assert(NT % 32 == 0 && NT / 32 <= 32, "block reductions hold one total per warp in one warp");
 
 struct Shared {
     uint32_t hist_c[SN_SAMP_RADIX_BINS];

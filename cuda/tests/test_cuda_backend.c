@@ -16,8 +16,14 @@
  * Models: (A) BF16 weights, rotate_half RoPE, untied, GQA 4:2, head_dim 64; (B) F32 weights
  * (rounded to bf16 at upload), interleaved RoPE with Llama-3 scaling, tied embeddings, head_dim
  * 128, 2 query heads per KV head.
+ *
+ * Data-parallel replicas call forward() of different backends from different threads at once
+ * (core/src/backend_dp.c): two backends on the same GPU, each driven by a thread that did not
+ * open it, through graph capture and replay at the same time, must give what one backend
+ * driven alone gives (1e-3 * max|logit|; expected bit-identical).
  */
 #include <cuda_runtime.h>
+#include <pthread.h>
 
 #include "cuda_test.h"
 #include "host_model.h"
@@ -353,6 +359,100 @@ Test(cuda_backend, nccl_one_rank)
     unsetenv("SN_CUDA_NCCL");
     fprintf(stderr, "NCCL one rank: %zu rows checked, %zu mismatching elements\n", s.rows_checked, s.mismatches);
     cr_expect(s.mismatches == 0 && s.token_disagreements == 0);
+    hm_model_free(m);
+}
+
+/* ---- Replicas on threads of their own ---------------------------------------------------- */
+
+#define REP_SEQS 3
+#define REP_STEPS 7 /* one prefill, then decode steps: eager, capture, replays */
+
+typedef struct replica_run {
+    const sn_backend_ops *ops;
+    sn_backend *b;
+    int32_t vocab;
+    float *logits; /* (REP_STEPS, REP_SEQS, vocab) */
+    sn_status st;  /* the first failure, SN_OK if none */
+} replica_run;
+
+/* A fixed token stream (not the backend's own argmax, so that every run sees the same
+ * batches): a ragged prefill, then one token per sequence per step. No assertions here: this
+ * runs on worker threads, and the caller checks st. */
+static void *drive_replica(void *arg)
+{
+    replica_run *r = arg;
+    const int32_t V = r->vocab;
+    int32_t tokens[32], seq_ids[REP_SEQS] = {0, 1, 2}, start[REP_SEQS + 1], pos[REP_SEQS] = {0, 0, 0};
+    const int32_t prompt[REP_SEQS] = {5, 9, 1};
+    uint8_t lf[REP_SEQS] = {1, 1, 1};
+    r->st = SN_OK;
+    for (int step = 0; step < REP_STEPS && r->st == SN_OK; step++) {
+        int32_t n = 0;
+        for (int s = 0; s < REP_SEQS; s++) {
+            const int32_t count = step == 0 ? prompt[s] : 1;
+            start[s] = n;
+            for (int i = 0; i < count; i++)
+                tokens[n++] = (int32_t)((step * 131 + s * 37 + i * 11) % V);
+            if ((r->st = r->ops->kv_reserve(r->b, s, pos[s] + count)) != SN_OK)
+                return NULL;
+        }
+        start[REP_SEQS] = n;
+        sn_batch batch = {n, tokens, REP_SEQS, seq_ids, start, pos, lf};
+        if ((r->st = r->ops->forward(r->b, &batch, r->logits + (size_t)step * REP_SEQS * V)) != SN_OK)
+            return NULL;
+        for (int s = 0; s < REP_SEQS; s++)
+            pos[s] += start[s + 1] - start[s];
+    }
+    return NULL;
+}
+
+static double max_abs_diff(const float *a, const float *b, size_t n, double *scale)
+{
+    double worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        worst = fmax(worst, isnan(a[i]) || isnan(b[i]) ? INFINITY : fabs((double)a[i] - b[i]));
+        *scale = fmax(*scale, fabs((double)b[i]));
+    }
+    return worst;
+}
+
+Test(cuda_backend, replicas_forward_from_two_threads_at_once)
+{
+    sn_model_config c = config_a();
+    sn_model *m = hm_model_make(&c, SN_DTYPE_BF16, 13, 0);
+    const sn_backend_ops *ops = sn_cuda_backend_ops(SN_CUDA_BACKEND_ABI, &hm_host);
+    cr_assert(ops);
+    setenv("SN_CUDA_GRAPHS", "1", 1);
+    const size_t n = (size_t)REP_STEPS * REP_SEQS * c.vocab_size;
+    /* dp 2 as backend_dp.c opens replicas on one GPU: both from device 0 */
+    sn_backend_opts o = {.tp = 1, .max_seqs = REP_SEQS, .max_batch_tokens = 32, .device_first = 0, .dp = 2};
+    replica_run ref = {ops, NULL, c.vocab_size, malloc(n * sizeof(float)), SN_OK};
+    cr_assert(ops->open(m, &o, &ref.b) == SN_OK, "open: %s", hm_errbuf);
+    drive_replica(&ref);
+    cr_assert(ref.st == SN_OK, "the replica alone: %s", hm_errbuf);
+    ops->close(ref.b);
+    replica_run rep[2];
+    for (int i = 0; i < 2; i++) {
+        rep[i] = (replica_run){ops, NULL, c.vocab_size, malloc(n * sizeof(float)), SN_OK};
+        cr_assert(ops->open(m, &o, &rep[i].b) == SN_OK, "open replica %d: %s", i, hm_errbuf);
+    }
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++)
+        cr_assert(pthread_create(&th[i], NULL, drive_replica, &rep[i]) == 0);
+    for (int i = 0; i < 2; i++)
+        pthread_join(th[i], NULL);
+    for (int i = 0; i < 2; i++) {
+        cr_expect(rep[i].st == SN_OK, "replica %d on its thread failed: %s", i, hm_errbuf);
+        double scale = 0;
+        const double worst = rep[i].st == SN_OK ? max_abs_diff(rep[i].logits, ref.logits, n, &scale) : INFINITY;
+        fprintf(stderr, "replica %d on its own thread vs alone: max |diff| %.3g (max |logit| %.3g)%s\n", i, worst, scale,
+                worst == 0 ? ", bit-identical" : "");
+        cr_expect(worst <= 1e-3 * scale, "replica %d differs from the backend driven alone by %.3g", i, worst);
+        ops->close(rep[i].b);
+        free(rep[i].logits);
+    }
+    free(ref.logits);
+    unsetenv("SN_CUDA_GRAPHS");
     hm_model_free(m);
 }
 

@@ -7,8 +7,9 @@
  *
  * Drives libsensorium_cuda.so through its function table (cuda/tests/host_model.h) with an
  * in-memory model, so it builds with cuda/ alone on a GPU machine (scripts/gpu-check.sh).
- * A step is a full forward() as the engine calls it: host packing, metadata upload, the
- * graph (or eager kernels), and the logits copied back to the host (vocab floats per row).
+ * A decode step is a full forward_sample() as the engine calls it: host packing, metadata
+ * and mask upload, the graph (or eager kernels), the fused sampler on the device (greedy,
+ * every id allowed) and one token per sequence copied back to the host.
  *
  * Output: JSON lines on stdout, a readable table on stderr. --quick: fewer steps and no
  * graphs-off comparison. Exit 77 without a GPU.
@@ -79,6 +80,7 @@ typedef struct run {
     sn_backend *b;
     int32_t ctx[MAX_SEQS];
     float *logits;
+    uint64_t *allowed;        /* (MAX_SEQS, vocab words): every id */
 } run;
 
 static void die(const char *what)
@@ -119,8 +121,14 @@ static void prefill(run *r, const sn_model_config *c, double *tok_per_s)
  * which also capture the graph). */
 static double decode(run *r, int batch, int steps)
 {
-    int32_t tokens[MAX_SEQS], seq_ids[MAX_SEQS], start[MAX_SEQS + 1], pos[MAX_SEQS];
+    int32_t tokens[MAX_SEQS], seq_ids[MAX_SEQS], start[MAX_SEQS + 1], pos[MAX_SEQS], sampled[MAX_SEQS];
     uint8_t lf[MAX_SEQS];
+    sn_sample_row rows[MAX_SEQS];
+    for (int s = 0; s < batch; s++)
+        rows[s] = (sn_sample_row){.params = {.temperature = 0.0f, .top_k = 0, .top_p = 1.0f, .min_p = 0.0f,
+                                             .repetition_penalty = 1.0f},
+                                  .seed = (uint64_t)s, .step = 0};
+    const sn_sample_req req = {rows, r->allowed, NULL};
     double *t = malloc((size_t)steps * sizeof *t);
     for (int k = 0; k < steps + 3; k++) {
         for (int s = 0; s < batch; s++) {
@@ -131,8 +139,11 @@ static double decode(run *r, int batch, int steps)
         start[batch] = batch;
         sn_batch b = {batch, tokens, batch, seq_ids, start, pos, lf};
         double t0 = now_s();
-        if (r->ops->forward(r->b, &b, r->logits) != SN_OK)
-            die("decode forward");
+        if (r->ops->forward_sample(r->b, &b, &req, sampled, NULL) != SN_OK)
+            die("decode forward_sample");
+        for (int s = 0; s < batch; s++)
+            if (sampled[s] < 0 || sampled[s] >= 128256)
+                die("a sampled token out of range");
         if (k >= 3)
             t[k - 3] = now_s() - t0;
         for (int s = 0; s < batch; s++)
@@ -180,8 +191,14 @@ int main(int argc, char **argv)
     fprintf(stderr, "%-10s %-7s %10s %10s %12s %10s\n", "graphs", "batch", "step ms", "tok/s", "roofline ms", "fraction");
     for (int graphs = 1; graphs >= (quick ? 1 : 0); graphs--) {
         setenv("SN_CUDA_GRAPHS", graphs ? "1" : "0", 1);
-        run r = {ops, NULL, {0}, NULL};
+        run r = {ops, NULL, {0}, NULL, NULL};
         r.logits = malloc((size_t)MAX_SEQS * c.vocab_size * sizeof(float));
+        const size_t words = ((size_t)c.vocab_size + 63) / 64;
+        r.allowed = malloc((size_t)MAX_SEQS * words * sizeof *r.allowed);
+        memset(r.allowed, 0xff, (size_t)MAX_SEQS * words * sizeof *r.allowed);
+        for (int s = 0; s < MAX_SEQS; s++)
+            if (c.vocab_size % 64)
+                r.allowed[(size_t)s * words + words - 1] = ((uint64_t)1 << (c.vocab_size % 64)) - 1;
         t0 = now_s();
         if (ops->open(m, &o, &r.b) != SN_OK)
             die("open");
@@ -208,6 +225,7 @@ int main(int argc, char **argv)
         fflush(stdout);
         ops->close(r.b);
         free(r.logits);
+        free(r.allowed);
     }
     hm_model_free(m);
     return 0;

@@ -511,7 +511,8 @@ Test(engine, bad_requests_are_clear_errors)
 /* A fake backend: a pool of kv_bytes blocks (the budget read as a count), and a forward that
  * checks every token is seq * 1000 + its position (so the split kept runs and positions
  * together) and writes [seq, device_first, run length] as a run's logits. Token 999999
- * fails the step; device_first == fake_broken_device fails the open. */
+ * fails the step; device_first == fake_broken_device fails the open. Its forward_sample
+ * "samples" seed * 1000 + the row's lowest allowed id, + 500 when the row's seen bit 0 is set. */
 typedef struct fake {
     sn_backend base;
     int32_t device, free_blocks, total_blocks;
@@ -561,6 +562,29 @@ static sn_status fake_forward(sn_backend *b, const sn_batch *batch, float *logit
     return SN_OK;
 }
 
+static sn_status fake_forward_sample(sn_backend *b, const sn_batch *batch, const sn_sample_req *req, int32_t *tokens,
+                                    float *logits)
+{
+    float scratch[16 * 300];
+    sn_status st = fake_forward(b, batch, logits ? logits : scratch);
+    if (st != SN_OK)
+        return st;
+    const size_t words = (300 + 63) / 64;
+    int32_t rows = 0;
+    for (int32_t i = 0; i < batch->n_seqs; i++)
+        rows += batch->logits_for[i] != 0;
+    for (int32_t r = 0; r < rows; r++) {
+        const uint64_t *allowed = req->allowed + (size_t)r * words;
+        int32_t low = -1;
+        for (int32_t id = 0; id < 300 && low < 0; id++)
+            if (allowed[id / 64] >> (id % 64) & 1)
+                low = id;
+        const int seen0 = req->seen && (req->seen[(size_t)r * words] & 1);
+        tokens[r] = (int32_t)req->rows[r].seed * 1000 + low + (seen0 ? 500 : 0);
+    }
+    return SN_OK;
+}
+
 static sn_status fake_reserve(sn_backend *b, int32_t seq, int32_t n_positions)
 {
     fake *f = (fake *)b;
@@ -589,6 +613,7 @@ static const sn_backend_ops fake_ops = {
     .open = fake_open,
     .close = fake_close,
     .forward = fake_forward,
+    .forward_sample = fake_forward_sample,
     .kv_reserve = fake_reserve,
     .kv_release = fake_release,
     .kv_free_blocks = fake_free,
@@ -648,6 +673,34 @@ Test(engine, data_parallel_spreads_sequences_and_splits_the_batch)
                 cr_expect_eq(lg[0], (float)seqs[i], "row %d holds sequence %g", row - 1, lg[0]);
                 cr_expect_eq(lg[1], (float)(2 * (seqs[i] % 3)), "replica %d sits on GPUs %g..", seqs[i] % 3, lg[1]);
                 cr_expect_eq(lg[2], (float)lens[i]);
+            }
+        }
+        /* forward_sample: each row's request reaches its replica, its token comes back in place */
+        enum { W = (300 + 63) / 64 };
+        sn_sample_row rq[4];
+        uint64_t allowed[4 * W] = {0}, seen[4 * W] = {0};
+        int32_t got[4];
+        for (int i = 0, row = 0; i < 5; i++) {
+            if (!want[i])
+                continue;
+            rq[row] = (sn_sample_row){.params = sn_sampling_default(), .seed = (uint64_t)seqs[i] + 1, .step = 0};
+            const int32_t id = 10 + seqs[i];
+            allowed[row * W + id / 64] |= (uint64_t)1 << (id % 64);
+            seen[row * W] = seqs[i] == 0;
+            row++;
+        }
+        for (int with_logits = 0; with_logits < 2; with_logits++) {
+            const sn_sample_req req = {.rows = rq, .allowed = allowed, .seen = seen};
+            memset(got, 0xff, sizeof got);
+            cr_assert_eq(ops->forward_sample(b, &batch, &req, got, with_logits ? logits : NULL), SN_OK, "%s", sn_errmsg());
+            for (int i = 0, row = 0; i < 5; i++) {
+                if (!want[i])
+                    continue;
+                const int32_t expect = (seqs[i] + 1) * 1000 + 10 + seqs[i] + (seqs[i] == 0 ? 500 : 0);
+                cr_expect_eq(got[row], expect, "row %d: token %d, expected %d", row, got[row], expect);
+                if (with_logits)
+                    cr_expect_eq(logits[(size_t)row * 300], (float)seqs[i]);
+                row++;
             }
         }
         /* released sequences leave; a new one goes to the replica with the fewest */

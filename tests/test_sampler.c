@@ -1,7 +1,8 @@
 /*
  * test_sampler.c - the sampler against plain references: Philox known answers, the exact
  * support of top-k/top-p/min-p against a full sort, masks, repetition penalty, and the
- * empirical frequencies of many seeded draws against the distribution (chi-square).
+ * empirical frequencies of many seeded draws against the distribution (chi-square); the
+ * penalised ids given as bits (what a backend is handed) against the history.
  */
 #include <criterion/criterion.h>
 #include <math.h>
@@ -241,6 +242,44 @@ Test(sampler, repetition_penalty_once_per_distinct_id)
         cr_expect_float_eq(probs[i], e[i] / z, 1e-6, "id %d: %g vs %g", i, probs[i], e[i] / z);
     sn_sampling g = params(0.0f, 0, 1.0f, 0.0f, 2.0f);
     cr_expect_eq(sn_sample(&smp, l, NULL, &g, hist, 4, 0, 0), 3, "greedy after the penalty");
+    sn_sampler_free(&smp);
+}
+
+/* What a backend is handed (the penalised ids as bits) gives the history's token. */
+Test(sampler, seen_bits_give_the_history_token)
+{
+    enum { V = 1000, W = (V + 63) / 64 };
+    sn_sampler smp;
+    cr_assert_eq(sn_sampler_init(&smp, V), SN_OK);
+    float l[V];
+    int32_t hist[300];
+    uint64_t allowed[W], seen[W];
+    rng_state = 77;
+    int differ = 0, penalised = 0;
+    for (int c = 0; c < 400; c++) {
+        for (int i = 0; i < V; i++)
+            l[i] = (float)(unit() * 8.0 - 4.0);
+        const size_t n = 1 + (size_t)(unit() * 299);
+        for (size_t h = 0; h < n; h++)
+            hist[h] = (int32_t)(unit() * (c % 2 ? 40 : V)); /* few ids, or spread */
+        for (int w = 0; w < W; w++)
+            allowed[w] = c % 3 ? ~(uint64_t)0 : (uint64_t)(unit() * 0x1p53) * 2654435761u;
+        allowed[W - 1] &= ((uint64_t)1 << (V % 64)) - 1;
+        const float temps[] = {0.0f, 0.7f, 1.5f};
+        sn_sampling s = params(temps[c % 3], c % 4 ? 0 : 50, c % 5 ? 1.0f : 0.9f, c % 7 ? 0.0f : 0.05f,
+                               c % 2 ? 1.3f : 0.8f);
+        sn_seen_bits(seen, V, hist, n);
+        const int32_t a = sn_sample(&smp, l, allowed, &s, hist, n, 5, (uint64_t)c);
+        const int32_t b = sn_sample_seen(&smp, l, allowed, &s, seen, 5, (uint64_t)c);
+        differ += a != b;
+        sn_sampling plain = s;
+        plain.repetition_penalty = 1.0f;
+        penalised += sn_sample(&smp, l, allowed, &plain, hist, n, 5, (uint64_t)c) != a;
+        cr_expect_eq(sn_sample_seen(&smp, l, allowed, &plain, NULL, 5, (uint64_t)c),
+                     sn_sample(&smp, l, allowed, &plain, NULL, 0, 5, (uint64_t)c));
+    }
+    cr_expect_eq(differ, 0, "%d of 400 draws differ between history and seen bits", differ);
+    cr_expect_gt(penalised, 40, "the penalty changed only %d of 400 draws: the cases test little", penalised);
     sn_sampler_free(&smp);
 }
 

@@ -23,6 +23,7 @@
 
 #include "internal.h"
 #include "model.h"
+#include "sampler.h"
 
 #define SN_KV_BLOCK 16
 
@@ -37,6 +38,20 @@ typedef struct sn_batch {
     const int32_t *seq_pos;   /* (n_seqs) the position of each run's first token */
     const uint8_t *logits_for;/* (n_seqs) nonzero: compute logits of the run's last token */
 } sn_batch;
+
+/* What the backend needs to sample each logits row of a batch itself (forward_sample): the
+ * scheduler's masks and parameters, decided before the step runs. */
+typedef struct sn_sample_row {
+    sn_sampling params;
+    uint64_t seed, step;      /* the draw is sn_philox_uniform(seed, step) */
+} sn_sample_row;
+
+typedef struct sn_sample_req {
+    const sn_sample_row *rows; /* (logits rows) */
+    const uint64_t *allowed;   /* (logits rows, vocab words): each row's mask, as sampler.h's */
+    const uint64_t *seen;      /* (logits rows, vocab words): ids under the repetition penalty
+                                  (sn_seen_bits of the row's context); NULL: none in any row */
+} sn_sample_req;
 
 typedef struct sn_backend_opts {
     int32_t threads;        /* 0: all cores */
@@ -66,6 +81,12 @@ struct sn_backend_ops {
      * logits (rows of vocab_size floats). Every position the batch covers must already have
      * a KV slot (kv_reserve). */
     sn_status (*forward)(sn_backend *b, const sn_batch *batch, float *logits);
+    /* forward(), then one token per logits row with sampler.c's rules and result
+     * (sn_sample_seen), or -1 where the row allows nothing: the engine's path, so that a GPU
+     * backend samples on the device and sends back tokens, not rows of logits. The logits
+     * are written too when logits is not NULL. */
+    sn_status (*forward_sample)(sn_backend *b, const sn_batch *batch, const sn_sample_req *req,
+                                int32_t *tokens, float *logits);
     /* Makes room in sequence seq for positions [0, n_positions): allocates blocks as needed.
      * SN_ERR_NOMEM when the pool has too few free blocks; then nothing is allocated. */
     sn_status (*kv_reserve)(sn_backend *b, int32_t seq, int32_t n_positions);

@@ -14,7 +14,8 @@
  *                only sessions whose blocks can make room for it;
  *   forward      splits the ragged batch by replica (runs keep their order within each),
  *                runs every replica that has work and scatters each one's logit rows back to
- *                the run order the scheduler expects.
+ *                the run order the scheduler expects; forward_sample splits the rows'
+ *                sampling requests the same way and scatters the tokens.
  *
  * GPU replicas run on threads of their own (one per replica beyond the first, which runs on
  * the caller's), so that M GPUs work at once; a replica's failure comes back as the step's
@@ -41,6 +42,9 @@ typedef struct replica {
     uint8_t *logits_for;  /* (max_seqs) */
     int32_t *rows;        /* (max_seqs) the caller's logit row of each of this replica's rows */
     float *logits;        /* (max_seqs, vocab) */
+    sn_sample_row *req_rows;  /* (max_seqs) forward_sample: this replica's rows' requests */
+    uint64_t *allowed, *seen; /* (max_seqs, words) */
+    int32_t *sampled;         /* (max_seqs) */
     sn_status st;
     char err[1024];
 } replica;
@@ -50,6 +54,7 @@ struct dp_backend {
     sn_backend_ops ops;           /* the inner backend's name, this file's functions */
     const sn_backend_ops *inner;
     int32_t dp, max_seqs, max_tokens, vocab;
+    size_t words;                 /* 64-bit words of a vocabulary bitset */
     replica *reps;                /* (dp) */
     int32_t *home;                /* (max_seqs) replica of each sequence, -1: none */
     int32_t *homed;               /* (dp) sequences living on each replica */
@@ -61,11 +66,15 @@ struct dp_backend {
     uint64_t generation;          /* bumped for every step the workers take part in */
     int32_t pending;              /* workers still running the current step */
     int quit;
-    float *out;                   /* the current step's logits */
+    /* the current step */
+    float *out;                   /* logits (NULL: forward_sample without them) */
+    const sn_sample_req *req;     /* forward_sample's requests; NULL: forward */
+    int32_t *tokens;              /* forward_sample's tokens */
 };
 
-/* Runs replica p's share of the step and copies its logit rows into out. */
-static void run_replica(const dp_backend *d, replica *p, float *out)
+/* Runs replica p's share of the step (forward, or forward_sample when d->req) and copies its
+ * logit rows and tokens to the caller's. */
+static void run_replica(const dp_backend *d, replica *p)
 {
     p->st = SN_OK;
     if (p->n_seqs == 0)
@@ -80,14 +89,23 @@ static void run_replica(const dp_backend *d, replica *p, float *out)
         .seq_pos = p->pos,
         .logits_for = p->logits_for,
     };
-    p->st = d->inner->forward(p->b, &sub, p->logits);
+    if (d->req) {
+        const sn_sample_req req = {.rows = p->req_rows, .allowed = p->allowed, .seen = d->req->seen ? p->seen : NULL};
+        p->st = d->inner->forward_sample(p->b, &sub, &req, p->sampled, d->out ? p->logits : NULL);
+    } else {
+        p->st = d->inner->forward(p->b, &sub, p->logits);
+    }
     if (p->st != SN_OK) {
         snprintf(p->err, sizeof p->err, "%s", sn_errmsg());
         return;
     }
     const size_t row_bytes = (size_t)d->vocab * sizeof(float);
-    for (int32_t i = 0; i < p->n_rows; i++)
-        memcpy(out + (size_t)p->rows[i] * (size_t)d->vocab, p->logits + (size_t)i * (size_t)d->vocab, row_bytes);
+    for (int32_t i = 0; i < p->n_rows; i++) {
+        if (d->out)
+            memcpy(d->out + (size_t)p->rows[i] * (size_t)d->vocab, p->logits + (size_t)i * (size_t)d->vocab, row_bytes);
+        if (d->req)
+            d->tokens[p->rows[i]] = p->sampled[i];
+    }
 }
 
 static void *worker(void *arg)
@@ -102,9 +120,8 @@ static void *worker(void *arg)
         if (d->quit)
             break;
         seen = d->generation;
-        float *out = d->out;
         pthread_mutex_unlock(&d->mu);
-        run_replica(d, p, out);
+        run_replica(d, p);
         pthread_mutex_lock(&d->mu);
         if (--d->pending == 0)
             pthread_cond_signal(&d->done);
@@ -142,6 +159,10 @@ static void dp_close(sn_backend *base)
         free(p->logits_for);
         free(p->rows);
         free(p->logits);
+        free(p->req_rows);
+        free(p->allowed);
+        free(p->seen);
+        free(p->sampled);
     }
     free(d->reps);
     free(d->home);
@@ -150,9 +171,10 @@ static void dp_close(sn_backend *base)
     free(d);
 }
 
-static sn_status dp_forward(sn_backend *base, const sn_batch *batch, float *logits)
+/* One step: the batch (and the requests of its logits rows) split by replica, every replica
+ * run, logits and tokens gathered in the caller's row order. */
+static sn_status dp_step(dp_backend *d, const sn_batch *batch, const sn_sample_req *req, int32_t *tokens, float *logits)
 {
-    dp_backend *d = (dp_backend *)base;
     for (int32_t r = 0; r < d->dp; r++)
         d->reps[r].n_tokens = d->reps[r].n_seqs = d->reps[r].n_rows = 0;
     int32_t row = 0;
@@ -170,29 +192,50 @@ static sn_status dp_forward(sn_backend *base, const sn_batch *batch, float *logi
         memcpy(p->tokens + p->n_tokens, batch->tokens + batch->seq_start[i], (size_t)n * sizeof(int32_t));
         p->n_tokens += n;
         p->n_seqs++;
-        if (batch->logits_for[i])
-            p->rows[p->n_rows++] = row++;
+        if (!batch->logits_for[i])
+            continue;
+        if (req) {
+            const size_t k = (size_t)p->n_rows, bytes = d->words * sizeof(uint64_t);
+            p->req_rows[k] = req->rows[row];
+            memcpy(p->allowed + k * d->words, req->allowed + (size_t)row * d->words, bytes);
+            if (req->seen)
+                memcpy(p->seen + k * d->words, req->seen + (size_t)row * d->words, bytes);
+        }
+        p->rows[p->n_rows++] = row++;
     }
+    d->out = logits;
+    d->req = req;
+    d->tokens = tokens;
     if (d->parallel) {
         pthread_mutex_lock(&d->mu);
-        d->out = logits;
         d->pending = d->n_threads;
         d->generation++;
         pthread_cond_broadcast(&d->go);
         pthread_mutex_unlock(&d->mu);
-        run_replica(d, &d->reps[0], logits);
+        run_replica(d, &d->reps[0]);
         pthread_mutex_lock(&d->mu);
         while (d->pending > 0)
             pthread_cond_wait(&d->done, &d->mu);
         pthread_mutex_unlock(&d->mu);
     } else {
         for (int32_t r = 0; r < d->dp; r++)
-            run_replica(d, &d->reps[r], logits);
+            run_replica(d, &d->reps[r]);
     }
     for (int32_t r = 0; r < d->dp; r++)
         if (d->reps[r].st != SN_OK)
             return sn_fail(d->reps[r].st, "replica %d of %d: %s", r, d->dp, d->reps[r].err);
     return SN_OK;
+}
+
+static sn_status dp_forward(sn_backend *base, const sn_batch *batch, float *logits)
+{
+    return dp_step((dp_backend *)base, batch, NULL, NULL, logits);
+}
+
+static sn_status dp_forward_sample(sn_backend *base, const sn_batch *batch, const sn_sample_req *req, int32_t *tokens,
+                                   float *logits)
+{
+    return dp_step((dp_backend *)base, batch, req, tokens, logits);
 }
 
 static sn_status dp_kv_reserve(sn_backend *base, int32_t seq, int32_t n_positions)
@@ -282,6 +325,7 @@ sn_status sn_backend_dp_open(const sn_backend_ops *inner, const sn_model *model,
         .open = NULL, /* opened through sn_backend_dp_open only */
         .close = dp_close,
         .forward = dp_forward,
+        .forward_sample = dp_forward_sample,
         .kv_reserve = dp_kv_reserve,
         .kv_release = dp_kv_release,
         .kv_free_blocks = dp_kv_free_blocks,
@@ -294,6 +338,7 @@ sn_status sn_backend_dp_open(const sn_backend_ops *inner, const sn_model *model,
     d->max_seqs = opts->max_seqs;
     d->max_tokens = opts->max_batch_tokens;
     d->vocab = sn_model_config_of(model)->vocab_size;
+    d->words = ((size_t)d->vocab + 63) / 64;
     d->reps = calloc((size_t)dp, sizeof *d->reps);
     d->home = malloc((size_t)d->max_seqs * sizeof *d->home);
     d->homed = calloc((size_t)dp, sizeof *d->homed);
@@ -314,7 +359,12 @@ sn_status sn_backend_dp_open(const sn_backend_ops *inner, const sn_model *model,
         p->logits_for = malloc(seqs);
         p->rows = malloc(seqs * sizeof *p->rows);
         p->logits = malloc(seqs * (size_t)d->vocab * sizeof *p->logits);
-        if (!p->tokens || !p->seq || !p->pos || !p->start || !p->logits_for || !p->rows || !p->logits) {
+        p->req_rows = malloc(seqs * sizeof *p->req_rows);
+        p->allowed = malloc(seqs * d->words * sizeof *p->allowed);
+        p->seen = malloc(seqs * d->words * sizeof *p->seen);
+        p->sampled = malloc(seqs * sizeof *p->sampled);
+        if (!p->tokens || !p->seq || !p->pos || !p->start || !p->logits_for || !p->rows || !p->logits || !p->req_rows ||
+            !p->allowed || !p->seen || !p->sampled) {
             dp_close(&d->base);
             return sn_fail(SN_ERR_NOMEM, "out of memory for replica %d's step buffers", r);
         }

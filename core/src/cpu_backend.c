@@ -85,6 +85,9 @@ typedef struct cpu_backend {
     float *xsum;          /* (T, longest weight row / 32) per-block sums of activations */
     qrow_kernel qrow_dot; /* this CPU's quantised row kernel */
     float *last;          /* (T, hidden) rows that need logits */
+    sn_sampler sampler;   /* forward_sample: sampler.c's scratch */
+    float *sample_logits; /* (max_seqs, vocab) forward_sample's logits when the caller wants none */
+    int32_t max_seqs;
 } cpu_backend;
 
 /* ---------------------------------------------------------------------------------------- */
@@ -216,6 +219,8 @@ static void cpu_close(sn_backend *base)
     free(b->scores);
     free(b->xsum);
     free(b->last);
+    free(b->sample_logits);
+    sn_sampler_free(&b->sampler);
     sn_kv_alloc_free(&b->kv);
     free(b);
 }
@@ -302,7 +307,10 @@ static sn_status cpu_open(const sn_model *model, const sn_backend_opts *opts, sn
     if (c->n_heads * hd > longest)
         longest = c->n_heads * hd;
     b->xsum = malloc((size_t)T * (size_t)(longest / 32 + 1) * sizeof *b->xsum);
-    if (!b->inv_freq || !b->x || !b->xn || !b->last || !b->pos || !b->slot || !b->run_of || !b->scores || !b->xsum)
+    b->max_seqs = opts->max_seqs;
+    b->sample_logits = malloc((size_t)opts->max_seqs * (size_t)c->vocab_size * sizeof *b->sample_logits);
+    if (!b->inv_freq || !b->x || !b->xn || !b->last || !b->pos || !b->slot || !b->run_of || !b->scores || !b->xsum ||
+        !b->sample_logits || sn_sampler_init(&b->sampler, c->vocab_size) != SN_OK)
         goto nomem;
     sn_rope_inv_freq(c, sn_model_rope_factors(model), b->inv_freq);
     b->qrow_dot = pick_qrow_kernel();
@@ -717,6 +725,29 @@ static sn_status cpu_forward(sn_backend *base, const sn_batch *batch, float *log
     return SN_OK;
 }
 
+/* The forward pass, then sampler.c on each logits row: the reference of what a GPU backend
+ * does on its device. */
+static sn_status cpu_forward_sample(sn_backend *base, const sn_batch *batch, const sn_sample_req *req, int32_t *tokens,
+                                   float *logits)
+{
+    cpu_backend *b = (cpu_backend *)base;
+    float *lg = logits ? logits : b->sample_logits;
+    sn_status st = cpu_forward(base, batch, lg);
+    if (st != SN_OK)
+        return st;
+    const size_t V = (size_t)b->cfg.vocab_size, words = (V + 63) / 64;
+    int32_t row = 0;
+    for (int32_t r = 0; r < batch->n_seqs; r++) {
+        if (!batch->logits_for[r])
+            continue;
+        const sn_sample_row *sr = &req->rows[row];
+        tokens[row] = sn_sample_seen(&b->sampler, lg + (size_t)row * V, req->allowed + (size_t)row * words, &sr->params,
+                                     req->seen ? req->seen + (size_t)row * words : NULL, sr->seed, sr->step);
+        row++;
+    }
+    return SN_OK;
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* KV blocks                                                                                */
 /* ---------------------------------------------------------------------------------------- */
@@ -743,6 +774,7 @@ const sn_backend_ops sn_cpu_backend = {
     .open = cpu_open,
     .close = cpu_close,
     .forward = cpu_forward,
+    .forward_sample = cpu_forward_sample,
     .kv_reserve = cpu_kv_reserve,
     .kv_release = cpu_kv_release,
     .kv_free_blocks = cpu_kv_free_blocks,

@@ -5,8 +5,10 @@
  * Stage of the pipeline: everything between "a session was fed a stimulus" and "a decoder
  * emitted an action". Each step packs work from every session into one ragged batch under a
  * token budget (decode tokens of generating sessions first, for latency, then chunks of
- * pending prompts in arrival order), reserves KV blocks for it, runs the backend once and
- * samples each generating session's next token under its automaton:
+ * pending prompts in arrival order), reserves KV blocks for it, decides each generating
+ * session's mask and sampling parameters, and runs the backend once (forward_sample): the
+ * backend samples every row with sampler.c's rules (a GPU on the device, so that tokens come
+ * back instead of rows of logits). The masks follow each session's automaton:
  *
  *   outside a segment  only <begin:M> of the allowed output modalities, and the stop ids
  *                      (EOS and the layout's "stop" list);
@@ -77,8 +79,7 @@ struct sn_engine {
     int keep_logits;
     sn_session **sessions;    /* (max_sessions) by slot; NULL when free */
     int64_t admitted;
-    sn_sampler sampler;
-    uint64_t *allowed;        /* (vocab words) the automaton's mask of one sample */
+    size_t words;             /* 64-bit words of a vocabulary bitset */
     uint64_t *local_allowed;  /* (largest plugin vocab words) a plugin's constraint */
     int32_t *local_ids;       /* (max_positions) a segment's local ids for constrain */
     /* the batch of one step */
@@ -86,8 +87,15 @@ struct sn_engine {
     int32_t *b_seq, *b_start, *b_pos; /* (max_sessions [+1]) */
     uint8_t *b_logits_for;    /* (max_sessions) */
     sn_session **b_sess;      /* (max_sessions) */
+    sn_session **b_row_sess;  /* (max_sessions) the session of each logits row */
     int32_t *order;           /* (max_sessions) slots by arrival */
     float *logits;            /* (max_sessions, vocab) */
+    /* the sampling of one step's logits rows, decided before it runs */
+    uint64_t *row_allowed;    /* (max_sessions, words) each row's automaton mask */
+    uint64_t *row_seen;       /* (max_sessions, words) ids under the repetition penalty */
+    sn_sample_row *row_req;   /* (max_sessions) */
+    uint8_t *row_ok;          /* (max_sessions) the row's session takes its token */
+    int32_t *row_tokens;      /* (max_sessions) */
     char describe[512];
 };
 
@@ -129,12 +137,15 @@ void sn_engine_close(sn_engine *e)
         sn_session_close(e->sessions[i]);
     if (e->backend)
         e->backend->ops->close(e->backend);
-    sn_sampler_free(&e->sampler);
     sn_vocab_close(e->vocab);
     sn_model_close(e->model);
     sn_plugins_close(e->plugins);
     free(e->sessions);
-    free(e->allowed);
+    free(e->row_allowed);
+    free(e->row_seen);
+    free(e->row_req);
+    free(e->row_ok);
+    free(e->row_tokens);
     free(e->local_allowed);
     free(e->local_ids);
     free(e->b_tokens);
@@ -143,6 +154,7 @@ void sn_engine_close(sn_engine *e)
     free(e->b_pos);
     free(e->b_logits_for);
     free(e->b_sess);
+    free(e->b_row_sess);
     free(e->order);
     free(e->logits);
     free(e);
@@ -223,9 +235,8 @@ sn_status sn_engine_open(const sn_engine_opts *opts, sn_engine **out)
     if ((st = sn_backend_open_named(backend, e->model, &bo, &e->backend)) != SN_OK)
         goto fail;
     e->dp = bo.dp;
-    if ((st = sn_sampler_init(&e->sampler, e->vocab_size)) != SN_OK)
-        goto fail;
-    size_t words = ((size_t)e->vocab_size + 63) / 64;
+    const size_t words = ((size_t)e->vocab_size + 63) / 64, rows = (size_t)e->max_sessions;
+    e->words = words;
     uint32_t max_local = 1;
     for (size_t i = 0; e->vocab && i < sn_vocab_segment_count(e->vocab); i++) {
         sn_vocab_segment seg;
@@ -233,7 +244,11 @@ sn_status sn_engine_open(const sn_engine_opts *opts, sn_engine **out)
         if (seg.size > max_local)
             max_local = seg.size;
     }
-    e->allowed = calloc(words, sizeof *e->allowed);
+    e->row_allowed = malloc(rows * words * sizeof *e->row_allowed);
+    e->row_seen = malloc(rows * words * sizeof *e->row_seen);
+    e->row_req = malloc(rows * sizeof *e->row_req);
+    e->row_ok = malloc(rows);
+    e->row_tokens = malloc(rows * sizeof *e->row_tokens);
     e->local_allowed = calloc(((size_t)max_local + 63) / 64, sizeof *e->local_allowed);
     e->local_ids = malloc((size_t)e->cfg->max_positions * sizeof *e->local_ids);
     e->sessions = calloc((size_t)e->max_sessions, sizeof *e->sessions);
@@ -243,10 +258,12 @@ sn_status sn_engine_open(const sn_engine_opts *opts, sn_engine **out)
     e->b_pos = malloc((size_t)e->max_sessions * sizeof *e->b_pos);
     e->b_logits_for = malloc((size_t)e->max_sessions);
     e->b_sess = malloc((size_t)e->max_sessions * sizeof *e->b_sess);
+    e->b_row_sess = malloc((size_t)e->max_sessions * sizeof *e->b_row_sess);
     e->order = malloc((size_t)e->max_sessions * sizeof *e->order);
     e->logits = malloc((size_t)e->max_sessions * (size_t)e->vocab_size * sizeof *e->logits);
-    if (!e->allowed || !e->local_allowed || !e->local_ids || !e->sessions || !e->b_tokens ||
-        !e->b_seq || !e->b_start || !e->b_pos || !e->b_logits_for || !e->b_sess || !e->order ||
+    if (!e->row_allowed || !e->row_seen || !e->row_req || !e->row_ok || !e->row_tokens || !e->local_allowed ||
+        !e->local_ids || !e->sessions || !e->b_tokens ||
+        !e->b_seq || !e->b_start || !e->b_pos || !e->b_logits_for || !e->b_sess || !e->b_row_sess || !e->order ||
         !e->logits) {
         st = sn_fail(SN_ERR_NOMEM, "out of memory for the engine's step buffers");
         goto fail;
@@ -544,13 +561,12 @@ const float *sn_session_logits(const sn_session *s, int32_t *vocab)
 
 static void set_bit(uint64_t *bits, int32_t i) { bits[i / 64] |= (uint64_t)1 << (i % 64); }
 
-/* The automaton's mask for the session's next token into e->allowed, and the sampling
- * parameters that apply. */
-static sn_status build_mask(sn_session *s, const sn_sampling **params)
+/* The automaton's mask for the session's next token into allowed (vocab bits), and the
+ * sampling parameters that apply. */
+static sn_status build_mask(sn_session *s, const sn_sampling **params, uint64_t *allowed)
 {
     sn_engine *e = s->engine;
-    size_t words = ((size_t)e->vocab_size + 63) / 64;
-    memset(e->allowed, 0, words * sizeof *e->allowed);
+    memset(allowed, 0, e->words * sizeof *allowed);
     *params = &s->sampling;
     if (s->inside < 0) {
         for (size_t i = 0; i < n_segments(e); i++) {
@@ -558,12 +574,12 @@ static sn_status build_mask(sn_session *s, const sn_sampling **params)
                 continue;
             sn_vocab_segment vs;
             sn_vocab_segment_get(e->vocab, i, &vs);
-            set_bit(e->allowed, vs.begin);
+            set_bit(allowed, vs.begin);
         }
         size_t n_stops;
         const int32_t *stops = sn_vocab_stops(e->vocab, &n_stops);
         for (size_t k = 0; k < n_stops; k++)
-            set_bit(e->allowed, stops[k]);
+            set_bit(allowed, stops[k]);
         return SN_OK;
     }
     size_t seg = (size_t)s->inside;
@@ -588,14 +604,14 @@ static sn_status build_mask(sn_session *s, const sn_sampling **params)
     for (uint32_t i = 0; i < vs.size; i++)
         if ((e->local_allowed[i / 64] >> (i % 64) & 1) &&
             (!open || sn_vocab_lookup(e->vocab, (int32_t)(vs.start + i)).role == SN_TOKEN_PLUGIN))
-            set_bit(e->allowed, (int32_t)(vs.start + i));
+            set_bit(allowed, (int32_t)(vs.start + i));
     if (may_end && !open)
-        set_bit(e->allowed, vs.end);
+        set_bit(allowed, vs.end);
     if (may_end && open) {
         size_t n_stops;
         const int32_t *stops = sn_vocab_stops(e->vocab, &n_stops);
         for (size_t k = 0; k < n_stops; k++)
-            set_bit(e->allowed, stops[k]);
+            set_bit(allowed, stops[k]);
     }
     return SN_OK;
 }
@@ -637,21 +653,61 @@ static sn_status end_segment(sn_session *s, action_route *route)
 }
 
 /* Samples, appends and routes the session's next token from its logits row. */
-static void sample_next(sn_session *s, const float *logits)
+/* How logits row `row` of this step is sampled, decided before the step runs (a GPU backend
+ * samples on the device): the session's mask and parameters, and its Philox seed and step.
+ * A plugin that fails here fails the session once the step has run (ROW_FAILED), so that no
+ * callback runs while the batch is being built. Rows of sessions that are not generating
+ * (kept for their logits) allow every id, and their token is dropped. */
+enum { ROW_SKIP = 0, ROW_SAMPLE = 1, ROW_FAILED = 2 };
+
+static void all_ids(const sn_engine *e, uint64_t *allowed)
+{
+    memset(allowed, 0xff, e->words * sizeof *allowed);
+    if (e->vocab_size % 64)
+        allowed[e->words - 1] = ((uint64_t)1 << (e->vocab_size % 64)) - 1;
+}
+
+static void prepare_row(sn_session *s, int32_t row)
 {
     sn_engine *e = s->engine;
-    if (s->logits)
-        memcpy(s->logits, logits, (size_t)e->vocab_size * sizeof *logits);
+    uint64_t *allowed = e->row_allowed + (size_t)row * e->words;
     const sn_sampling *params = &s->sampling;
-    const uint64_t *mask = NULL;
-    if (!s->raw) {
-        if (build_mask(s, &params) != SN_OK) {
-            session_fail(s);
-            return;
-        }
-        mask = e->allowed;
+    e->row_ok[row] = s->generating ? ROW_SAMPLE : ROW_SKIP;
+    if (!s->generating || s->raw) {
+        all_ids(e, allowed);
+    } else if (build_mask(s, &params, allowed) != SN_OK) {
+        snprintf(s->error, sizeof s->error, "%s", sn_errmsg());
+        e->row_ok[row] = ROW_FAILED;
+        all_ids(e, allowed);
+        params = &s->sampling;
     }
-    int32_t tok = sn_sample(&e->sampler, logits, mask, params, s->tokens, s->n_tokens, s->seed, s->step);
+    e->row_req[row] = (sn_sample_row){.params = *params, .seed = s->seed, .step = s->step};
+}
+
+/* The repetition penalty's ids of every row that has one (zeros elsewhere); 0 when no row
+ * has one, and the backend is handed none. */
+static int prepare_seen(sn_engine *e, int32_t n_rows, sn_session *const *row_sess)
+{
+    int any = 0;
+    for (int32_t row = 0; row < n_rows && !any; row++)
+        any = e->row_ok[row] == ROW_SAMPLE && e->row_req[row].params.repetition_penalty != 1.0f;
+    if (!any)
+        return 0;
+    for (int32_t row = 0; row < n_rows; row++) {
+        uint64_t *seen = e->row_seen + (size_t)row * e->words;
+        if (e->row_ok[row] == ROW_SAMPLE && e->row_req[row].params.repetition_penalty != 1.0f)
+            sn_seen_bits(seen, e->vocab_size, row_sess[row]->tokens, row_sess[row]->n_tokens);
+        else
+            memset(seen, 0, e->words * sizeof *seen);
+    }
+    return 1;
+}
+
+/* The session takes its sampled token: appends it, and routes it through the automaton to
+ * its decoder. */
+static void take_token(sn_session *s, int32_t tok)
+{
+    sn_engine *e = s->engine;
     if (tok < 0) {
         sn_fail(SN_ERR_INTERNAL, "no token is allowed at step %llu (a dead end of the automaton)",
                 (unsigned long long)s->step);
@@ -842,6 +898,17 @@ sn_status sn_engine_step(sn_engine *e, int32_t *n_tokens)
         return SN_OK;
     }
     e->b_start[runs] = used;
+    int32_t n_rows = 0;
+    for (int32_t r = 0; r < runs; r++)
+        if (e->b_logits_for[r]) {
+            e->b_row_sess[n_rows] = e->b_sess[r];
+            prepare_row(e->b_sess[r], n_rows++);
+        }
+    const sn_sample_req req = {
+        .rows = e->row_req,
+        .allowed = e->row_allowed,
+        .seen = prepare_seen(e, n_rows, e->b_row_sess) ? e->row_seen : NULL,
+    };
     sn_batch batch = {
         .n_tokens = used,
         .tokens = e->b_tokens,
@@ -851,7 +918,8 @@ sn_status sn_engine_step(sn_engine *e, int32_t *n_tokens)
         .seq_pos = e->b_pos,
         .logits_for = e->b_logits_for,
     };
-    sn_status st = e->backend->ops->forward(e->backend, &batch, e->logits);
+    sn_status st = e->backend->ops->forward_sample(e->backend, &batch, &req, e->row_tokens,
+                                                   e->keep_logits ? e->logits : NULL);
     if (st != SN_OK)
         return st;
     int32_t row = 0;
@@ -860,12 +928,13 @@ sn_status sn_engine_step(sn_engine *e, int32_t *n_tokens)
         s->n_cached += e->b_start[r + 1] - e->b_start[r];
         if (!e->b_logits_for[r])
             continue;
-        const float *lg = e->logits + (size_t)row * e->vocab_size;
+        if (s->logits)
+            memcpy(s->logits, e->logits + (size_t)row * e->vocab_size, (size_t)e->vocab_size * sizeof *s->logits);
+        if (e->row_ok[row] == ROW_FAILED)
+            session_stop(s, SN_STOP_ERROR);
+        else if (e->row_ok[row] == ROW_SAMPLE && s->generating)
+            take_token(s, e->row_tokens[row]);
         row++;
-        if (s->generating)
-            sample_next(s, lg);
-        else if (s->logits)
-            memcpy(s->logits, lg, (size_t)e->vocab_size * sizeof *lg);
     }
     if (n_tokens)
         *n_tokens = used;

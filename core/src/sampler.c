@@ -189,7 +189,7 @@ static int cmp_id(const void *a, const void *b)
  * 0 with *greedy set: the greedy id. */
 static int32_t filter(sn_sampler *s, const float *logits, const uint64_t *allowed,
                       const sn_sampling *prm, const int32_t *history, size_t n_history,
-                      int32_t *greedy)
+                      const uint64_t *seen, int32_t *greedy)
 {
     const int32_t V = s->vocab;
     float *p = s->probs;
@@ -214,7 +214,15 @@ static int32_t filter(sn_sampler *s, const float *logits, const uint64_t *allowe
     }
     if (n == 0)
         return -1;
-    if (prm->repetition_penalty != 1.0f) {
+    if (prm->repetition_penalty != 1.0f && seen) {
+        /* the allowed ids among those marked */
+        for (int32_t w = 0; w < (V + 63) / 64; w++)
+            for (uint64_t bits = seen[w] & (allowed ? allowed[w] : ~(uint64_t)0); bits; bits &= bits - 1) {
+                const int32_t t = w * 64 + __builtin_ctzll(bits);
+                if (t < V)
+                    p[t] = p[t] > 0 ? p[t] / prm->repetition_penalty : p[t] * prm->repetition_penalty;
+            }
+    } else if (prm->repetition_penalty != 1.0f) {
         /* once per distinct id of the history: a bit per id marks those already penalised,
          * and a second pass over the history clears the marks */
         for (size_t h = 0; h < n_history; h++) {
@@ -314,12 +322,9 @@ static int32_t filter(sn_sampler *s, const float *logits, const uint64_t *allowe
     return n;
 }
 
-int32_t sn_sample(sn_sampler *s, const float *logits, const uint64_t *allowed,
-                  const sn_sampling *params, const int32_t *history, size_t n_history,
-                  uint64_t seed, uint64_t step)
+/* Step 8 after filter(). */
+static int32_t draw(const sn_sampler *s, int32_t n, int32_t greedy, uint64_t seed, uint64_t step)
 {
-    int32_t greedy = -1;
-    int32_t n = filter(s, logits, allowed, params, history, n_history, &greedy);
     if (greedy >= 0)
         return greedy;
     if (n <= 0)
@@ -336,13 +341,38 @@ int32_t sn_sample(sn_sampler *s, const float *logits, const uint64_t *allowed,
     return s->idx[n - 1];
 }
 
+int32_t sn_sample(sn_sampler *s, const float *logits, const uint64_t *allowed,
+                  const sn_sampling *params, const int32_t *history, size_t n_history,
+                  uint64_t seed, uint64_t step)
+{
+    int32_t greedy = -1;
+    int32_t n = filter(s, logits, allowed, params, history, n_history, NULL, &greedy);
+    return draw(s, n, greedy, seed, step);
+}
+
+int32_t sn_sample_seen(sn_sampler *s, const float *logits, const uint64_t *allowed,
+                       const sn_sampling *params, const uint64_t *seen, uint64_t seed, uint64_t step)
+{
+    int32_t greedy = -1;
+    int32_t n = filter(s, logits, allowed, params, NULL, 0, seen, &greedy);
+    return draw(s, n, greedy, seed, step);
+}
+
+void sn_seen_bits(uint64_t *seen, int32_t vocab, const int32_t *history, size_t n_history)
+{
+    memset(seen, 0, ((size_t)vocab + 63) / 64 * sizeof *seen);
+    for (size_t h = 0; h < n_history; h++)
+        if (history[h] >= 0 && history[h] < vocab)
+            seen[history[h] / 64] |= (uint64_t)1 << (history[h] % 64);
+}
+
 int32_t sn_sample_distribution(sn_sampler *s, const float *logits, const uint64_t *allowed,
                                const sn_sampling *params, const int32_t *history,
                                size_t n_history, float *probs)
 {
     int32_t greedy = -1;
     memset(probs, 0, (size_t)s->vocab * sizeof *probs);
-    int32_t n = filter(s, logits, allowed, params, history, n_history, &greedy);
+    int32_t n = filter(s, logits, allowed, params, history, n_history, NULL, &greedy);
     if (n < 0)
         return 0;
     if (greedy >= 0) {

@@ -76,6 +76,13 @@ int32_t sn_sample(sn_sampler *s, const float *logits, const uint64_t *allowed,
                   const sn_sampling *params, const int32_t *history, size_t n_history,
                   uint64_t seed, uint64_t step);
 
+/* sn_sample with the ids under the repetition penalty given as bits (vocab bits, as allowed;
+ * NULL: none) instead of a history: what a backend that samples on its device is handed
+ * (sn_seen_bits builds them). The same id as sn_sample with that history. */
+int32_t sn_sample_seen(sn_sampler *s, const float *logits, const uint64_t *allowed,
+                       const sn_sampling *params, const uint64_t *seen, uint64_t seed, uint64_t step);
+void sn_seen_bits(uint64_t *seen, int32_t vocab, const int32_t *history, size_t n_history);
+
 /* For tests and the CUDA comparison: the normalised probabilities step 8 draws from,
  * written to probs (vocab; 0 for dropped ids). Returns the number of kept ids. */
 int32_t sn_sample_distribution(sn_sampler *s, const float *logits, const uint64_t *allowed,

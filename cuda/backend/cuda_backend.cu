@@ -161,6 +161,12 @@ typedef struct gpu_rank {
     sn_bf16 *act;             /* (T, nf) */
     sn_bf16 *last;            /* (S, hidden) rows that want logits */
     float *logits;            /* (S, vocab) rank 0 only */
+    /* forward_sample, rank 0 only: the rows' masks, penalised ids, parameters and tokens */
+    uint64_t *s_allowed, *s_seen; /* (S, vocab words) */
+    sn_cuda_sample_params *s_params; /* (S) */
+    int32_t *s_tokens;        /* (S) */
+    void *sample_ws;
+    size_t sample_ws_bytes;
     int32_t *meta;            /* (layout.total) the step's metadata */
     int32_t *tables;          /* (max_seqs, max_blocks_per_seq) block tables */
     void *attn_ws;            /* decode attention workspace */
@@ -185,6 +191,9 @@ typedef struct cuda_backend {
     sn_cuda_meta_layout lay;
     int32_t *meta_host;       /* (lay.total) pinned */
     float *logits_host;       /* (max_seqs, vocab) pinned */
+    uint64_t *masks_host;     /* (2, max_seqs, vocab words) pinned: forward_sample's allowed, seen */
+    sn_cuda_sample_params *sparams_host; /* (max_seqs) pinned */
+    int32_t *tokens_host;     /* (max_seqs) pinned */
     graph_entry *graph_cache; /* (SN_CUDA_MAX_GRAPHS) rank 0's decode graphs */
     int32_t n_graphs;
     int32_t max_ctx_bucket;   /* the graph bucket of max_positions: sizes the decode workspace */
@@ -363,7 +372,8 @@ static int free_rank(gpu_rank *g, int32_t n_layers, char *msg, size_t msg_len)
     if (g->lm_head && g->lm_head != g->embed)
         TEARDOWN_CUDA(cudaFree(g->lm_head));
     void *bufs[] = {g->embed, g->final_norm, g->inv_freq, g->k_cache, g->v_cache, g->x, g->partial, g->xn,
-                    g->qkv, g->att, g->gu, g->act, g->last, g->logits, g->meta, g->tables, g->attn_ws, g->blas_ws};
+                    g->qkv, g->att, g->gu, g->act, g->last, g->logits, g->meta, g->tables, g->attn_ws, g->blas_ws,
+                    g->s_allowed, g->s_seen, g->s_params, g->s_tokens, g->sample_ws};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         TEARDOWN_CUDA(cudaFree(bufs[i]));
     if (g->stream)
@@ -393,6 +403,12 @@ static void cuda_close(sn_backend *base)
         TEARDOWN_CUDA(cudaFreeHost(b->meta_host));
     if (b->logits_host)
         TEARDOWN_CUDA(cudaFreeHost(b->logits_host));
+    if (b->masks_host)
+        TEARDOWN_CUDA(cudaFreeHost(b->masks_host));
+    if (b->sparams_host)
+        TEARDOWN_CUDA(cudaFreeHost(b->sparams_host));
+    if (b->tokens_host)
+        TEARDOWN_CUDA(cudaFreeHost(b->tokens_host));
     if (b->tables_registered)
         TEARDOWN_CUDA(cudaHostUnregister(b->kv.tables));
     free(b->uploaded);
@@ -427,8 +443,16 @@ static int open_rank(cuda_backend *b, gpu_rank *g, staging *sg, const float *inv
     DMALLOC(g->gu, T * 2 * (size_t)g->sl.nf * sizeof(sn_bf16));
     DMALLOC(g->act, T * (size_t)g->sl.nf * sizeof(sn_bf16));
     DMALLOC(g->last, S * H * sizeof(sn_bf16));
-    if (g == &b->ranks[0])
+    if (g == &b->ranks[0]) {
+        const size_t words = ((size_t)c->vocab_size + 63) / 64;
         DMALLOC(g->logits, S * (size_t)c->vocab_size * sizeof(float));
+        DMALLOC(g->s_allowed, S * words * sizeof(uint64_t));
+        DMALLOC(g->s_seen, S * words * sizeof(uint64_t));
+        DMALLOC(g->s_params, S * sizeof(sn_cuda_sample_params));
+        DMALLOC(g->s_tokens, S * sizeof(int32_t));
+        g->sample_ws_bytes = sn_cuda_sample_workspace((int32_t)S, c->vocab_size);
+        DMALLOC(g->sample_ws, g->sample_ws_bytes);
+    }
     DMALLOC(g->meta, (size_t)b->lay.total * sizeof(int32_t));
     const size_t table_elems = (size_t)b->kv.max_seqs * (size_t)b->kv.max_blocks_per_seq;
     DMALLOC(g->tables, table_elems * sizeof(int32_t));
@@ -621,7 +645,12 @@ static sn_status cuda_open(const sn_model *model, const sn_backend_opts *opts, s
         (void)cudaGetLastError(); /* pageable copies then; still correct */
     if (cudaHostAlloc((void **)&b->meta_host, (size_t)b->lay.total * sizeof(int32_t), cudaHostAllocPortable) != cudaSuccess ||
         cudaHostAlloc((void **)&b->logits_host, (size_t)b->max_seqs * (size_t)c->vocab_size * sizeof(float),
-                      cudaHostAllocPortable) != cudaSuccess) {
+                      cudaHostAllocPortable) != cudaSuccess ||
+        cudaHostAlloc((void **)&b->masks_host, (size_t)2 * b->max_seqs * (((size_t)c->vocab_size + 63) / 64) * sizeof(uint64_t),
+                      cudaHostAllocPortable) != cudaSuccess ||
+        cudaHostAlloc((void **)&b->sparams_host, (size_t)b->max_seqs * sizeof(sn_cuda_sample_params),
+                      cudaHostAllocPortable) != cudaSuccess ||
+        cudaHostAlloc((void **)&b->tokens_host, (size_t)b->max_seqs * sizeof(int32_t), cudaHostAllocPortable) != cudaSuccess) {
         st = failf(SN_ERR_NOMEM, "CUDA backend: out of page-locked host memory for the step buffers");
         goto fail;
     }
@@ -861,8 +890,10 @@ static int run_graph(cuda_backend *b, const sn_cuda_step *st, const sn_cuda_grap
     return 0;
 }
 
-static int forward_device(cuda_backend *b, const sn_batch *batch, const sn_cuda_step *st, float *logits, char *msg,
-                          size_t msg_len)
+/* Runs the step; then, with req, samples each logits row on the device into tokens; copies
+ * the logits back when logits is not NULL. */
+static int forward_device(cuda_backend *b, const sn_batch *batch, const sn_cuda_step *st, const sn_sample_req *req,
+                          int32_t *tokens, float *logits, char *msg, size_t msg_len)
 {
     const size_t mbps = (size_t)b->kv.max_blocks_per_seq;
     for (int32_t s = 0; s < b->tp; s++) {
@@ -899,19 +930,47 @@ static int forward_device(cuda_backend *b, const sn_batch *batch, const sn_cuda_
     }
     gpu_rank *g0 = &b->ranks[0];
     CUDA_CHECK(cudaSetDevice(g0->dev));
-    const size_t logit_bytes = (size_t)st->n_rows * (size_t)b->cfg.vocab_size * sizeof(float);
-    if (st->n_rows)
+    const int32_t V = b->cfg.vocab_size, rows = st->n_rows;
+    const size_t logit_bytes = (size_t)rows * (size_t)V * sizeof(float);
+    if (req && rows) {
+        /* Sampling on the device: the masks and parameters go up, one token per row comes
+         * back instead of the row. */
+        const size_t words = ((size_t)V + 63) / 64, mask_bytes = (size_t)rows * words * sizeof(uint64_t);
+        uint64_t *seen_host = b->masks_host + (size_t)b->max_seqs * words;
+        memcpy(b->masks_host, req->allowed, mask_bytes);
+        if (req->seen)
+            memcpy(seen_host, req->seen, mask_bytes);
+        for (int32_t r = 0; r < rows; r++) {
+            const sn_sample_row *sr = &req->rows[r];
+            b->sparams_host[r] = sn_cuda_sample_params{sr->params.temperature, sr->params.top_k, sr->params.top_p,
+                                                       sr->params.min_p, sr->params.repetition_penalty, 0u, sr->seed,
+                                                       sr->step};
+        }
+        CUDA_CHECK(cudaMemcpyAsync(g0->s_allowed, b->masks_host, mask_bytes, cudaMemcpyHostToDevice, g0->stream));
+        if (req->seen)
+            CUDA_CHECK(cudaMemcpyAsync(g0->s_seen, seen_host, mask_bytes, cudaMemcpyHostToDevice, g0->stream));
+        CUDA_CHECK(cudaMemcpyAsync(g0->s_params, b->sparams_host, (size_t)rows * sizeof(sn_cuda_sample_params),
+                                   cudaMemcpyHostToDevice, g0->stream));
+        CUDA_CHECK(sn_cuda_sample(g0->s_tokens, NULL, g0->logits, V, g0->s_allowed, req->seen ? g0->s_seen : NULL,
+                                  g0->s_params, rows, V, g0->sample_ws, g0->sample_ws_bytes, g0->stream));
+        CUDA_CHECK(cudaMemcpyAsync(b->tokens_host, g0->s_tokens, (size_t)rows * sizeof(int32_t), cudaMemcpyDeviceToHost,
+                                   g0->stream));
+    }
+    if (logits && rows)
         CUDA_CHECK(cudaMemcpyAsync(b->logits_host, g0->logits, logit_bytes, cudaMemcpyDeviceToHost, g0->stream));
     for (int32_t s = b->tp - 1; s >= 0; s--) {
         CUDA_CHECK(cudaSetDevice(b->ranks[s].dev));
         CUDA_CHECK(cudaStreamSynchronize(b->ranks[s].stream));
     }
-    if (st->n_rows)
+    if (logits && rows)
         memcpy(logits, b->logits_host, logit_bytes);
+    if (req && rows)
+        memcpy(tokens, b->tokens_host, (size_t)rows * sizeof(int32_t));
     return 0;
 }
 
-static sn_status cuda_forward(sn_backend *base, const sn_batch *batch, float *logits)
+static sn_status cuda_forward_sample(sn_backend *base, const sn_batch *batch, const sn_sample_req *req, int32_t *tokens,
+                                     float *logits)
 {
     cuda_backend *b = (cuda_backend *)base;
     sn_cuda_step st;
@@ -919,9 +978,14 @@ static sn_status cuda_forward(sn_backend *base, const sn_batch *batch, float *lo
     if (s != SN_OK)
         return s;
     char msg[1024];
-    if (forward_device(b, batch, &st, logits, msg, sizeof msg))
+    if (forward_device(b, batch, &st, req, tokens, logits, msg, sizeof msg))
         return failf(SN_ERR_INTERNAL, "CUDA backend: %s", msg);
     return SN_OK;
+}
+
+static sn_status cuda_forward(sn_backend *base, const sn_batch *batch, float *logits)
+{
+    return cuda_forward_sample(base, batch, NULL, NULL, logits);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -946,8 +1010,8 @@ static int32_t cuda_kv_free_blocks(const sn_backend *base) { return ((const cuda
 static int32_t cuda_kv_total_blocks(const sn_backend *base) { return ((const cuda_backend *)base)->kv.n_blocks; }
 
 extern "C" const sn_backend_ops sn_cuda_backend_ops_v1 = {
-    "cuda", cuda_open, cuda_close, cuda_forward, cuda_kv_reserve, cuda_kv_release, cuda_kv_free_blocks, cuda_kv_total_blocks,
-    NULL, /* kv_domain: one pool */
+    "cuda", cuda_open, cuda_close, cuda_forward, cuda_forward_sample, cuda_kv_reserve, cuda_kv_release, cuda_kv_free_blocks,
+    cuda_kv_total_blocks, NULL, /* kv_domain: one pool */
 };
 
 SN_CUDA_EXPORT const sn_backend_ops *sn_cuda_backend_ops(uint32_t abi, const sn_cuda_host *host)

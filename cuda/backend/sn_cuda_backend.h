@@ -22,7 +22,7 @@ extern "C" {
 #include "backend.h"
 
 /* Bumped whenever sn_cuda_host, sn_backend_ops or the structs they pass change. */
-#define SN_CUDA_BACKEND_ABI 2
+#define SN_CUDA_BACKEND_ABI 3
 
 typedef struct sn_cuda_host {
     uint32_t abi;  /* SN_CUDA_BACKEND_ABI */

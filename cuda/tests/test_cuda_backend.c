@@ -11,7 +11,9 @@
  * reference's top two logits are further apart than that. Graph replay must match eager
  * execution (SN_CUDA_GRAPHS=0) within 1e-3 * max|logit| (it is expected to be bit-identical;
  * the line printed says), and the one-rank NCCL path (SN_CUDA_NCCL=1) must match the
- * reference within the tolerance above.
+ * reference within the tolerance above. forward_sample's tokens must be sampler.c's
+ * (sn_sample_seen) on the logits it returns, under masks, top-k/top-p/min-p and a repetition
+ * penalty, and the same without the logits copy.
  *
  * Models: (A) BF16 weights, rotate_half RoPE, untied, GQA 4:2, head_dim 64; (B) F32 weights
  * (rounded to bf16 at upload), interleaved RoPE with Llama-3 scaling, tied embeddings, head_dim
@@ -453,6 +455,108 @@ Test(cuda_backend, replicas_forward_from_two_threads_at_once)
     }
     free(ref.logits);
     unsetenv("SN_CUDA_GRAPHS");
+    hm_model_free(m);
+}
+
+/* ---- Sampling on the device ---------------------------------------------------------------- */
+
+#define FS_SEQS 4
+#define FS_STEPS 10
+
+/* Runs FS_STEPS steps of forward_sample (a ragged prefill, then decode steps fed with the
+ * sampled tokens, or with `feed` when given), each row with its own parameters and mask;
+ * tokens[step][seq] gets the device's token. With `check`, the logits come back too and every
+ * token must be sampler.c's (sn_sample_seen) for that row. Returns the mismatches. */
+static int fs_run(const sn_model *m, int check, const int32_t (*feed)[FS_SEQS], int32_t tokens[FS_STEPS][FS_SEQS])
+{
+    const sn_backend_ops *ops = sn_cuda_backend_ops(SN_CUDA_BACKEND_ABI, &hm_host);
+    cr_assert(ops);
+    const int32_t V = m->cfg.vocab_size;
+    const size_t W = ((size_t)V + 63) / 64;
+    sn_backend_opts o = {.tp = 1, .max_seqs = FS_SEQS, .max_batch_tokens = 64};
+    sn_backend *b;
+    cr_assert(ops->open(m, &o, &b) == SN_OK, "open: %s", hm_errbuf);
+    sn_sampler smp;
+    cr_assert(sn_sampler_init(&smp, V) == SN_OK);
+    int32_t hist[FS_SEQS][64], len[FS_SEQS], pos[FS_SEQS] = {0}, seq_ids[FS_SEQS] = {0, 1, 2, 3};
+    const int32_t prompt[FS_SEQS] = {6, 3, 9, 1};
+    uint64_t seed = 99;
+    for (int q = 0; q < FS_SEQS; q++) {
+        len[q] = prompt[q];
+        for (int i = 0; i < prompt[q]; i++)
+            hist[q][i] = (int32_t)(hm_next(&seed) % (uint64_t)V);
+    }
+    float *logits = malloc((size_t)FS_SEQS * V * sizeof *logits);
+    uint64_t *allowed = calloc((size_t)FS_SEQS * W, sizeof *allowed), *seen = calloc((size_t)FS_SEQS * W, sizeof *seen);
+    int mismatches = 0;
+    for (int step = 0; step < FS_STEPS; step++) {
+        int32_t toks[64], start[FS_SEQS + 1];
+        uint8_t lf[FS_SEQS] = {1, 1, 1, 1};
+        sn_sample_row rows[FS_SEQS];
+        int n = 0;
+        for (int q = 0; q < FS_SEQS; q++) {
+            start[q] = n;
+            for (int i = pos[q]; i < len[q]; i++)
+                toks[n++] = hist[q][i];
+            cr_assert(ops->kv_reserve(b, q, len[q]) == SN_OK, "kv_reserve: %s", hm_errbuf);
+            /* greedy; temperature with top-k; top-p with min-p; a repetition penalty */
+            const int kind = (q + step) % 4;
+            sn_sampling p = {.temperature = kind == 0 ? 0.0f : 0.6f + 0.3f * (float)kind, .top_k = kind == 1 ? 20 : 0,
+                             .top_p = kind == 2 ? 0.9f : 1.0f, .min_p = kind == 2 ? 0.02f : 0.0f,
+                             .repetition_penalty = kind == 3 ? 1.3f : 1.0f};
+            rows[q] = (sn_sample_row){.params = p, .seed = 1000u + (uint64_t)q, .step = (uint64_t)step};
+            uint64_t *a = allowed + (size_t)q * W;
+            memset(a, 0, W * sizeof *a);
+            for (int32_t id = 0; id < V; id++) /* seq 1: a window; seq 2: odd ids; else all */
+                if (q == 1 ? (id >= 50 && id < 120) : q == 2 ? (id % 2 == 1) : 1)
+                    a[id / 64] |= (uint64_t)1 << (id % 64);
+            sn_seen_bits(seen + (size_t)q * W, V, hist[q], (size_t)len[q]);
+        }
+        start[FS_SEQS] = n;
+        sn_batch batch = {n, toks, FS_SEQS, seq_ids, start, pos, lf};
+        sn_sample_req req = {rows, allowed, seen};
+        cr_assert(ops->forward_sample(b, &batch, &req, tokens[step], check ? logits : NULL) == SN_OK, "forward_sample: %s",
+                  hm_errbuf);
+        for (int q = 0; q < FS_SEQS; q++) {
+            if (check) {
+                const int32_t want = sn_sample_seen(&smp, logits + (size_t)q * V, allowed + (size_t)q * W, &rows[q].params,
+                                                    seen + (size_t)q * W, rows[q].seed, rows[q].step);
+                if (want != tokens[step][q]) {
+                    fprintf(stderr, "  step %d seq %d: device token %d, sampler.c %d\n", step, q, tokens[step][q], want);
+                    mismatches++;
+                }
+            }
+            pos[q] = len[q];
+            hist[q][len[q]++] = feed ? feed[step][q] : tokens[step][q];
+        }
+    }
+    ops->close(b);
+    sn_sampler_free(&smp);
+    free(logits);
+    free(allowed);
+    free(seen);
+    return mismatches;
+}
+
+Test(cuda_backend, forward_sample_gives_the_cpu_samplers_tokens)
+{
+    sn_model_config c = config_a();
+    sn_model *m = hm_model_make(&c, SN_DTYPE_BF16, 17, 0);
+    int32_t first[FS_STEPS][FS_SEQS], again[FS_STEPS][FS_SEQS];
+    const int bad = fs_run(m, 1, NULL, first);
+    fprintf(stderr, "forward_sample: %d of %d tokens differ from sampler.c on the same logits\n", bad, FS_STEPS * FS_SEQS);
+    cr_expect(bad == 0, "%d device tokens differ from sampler.c's", bad);
+    for (int t = 0; t < FS_STEPS; t++)
+        for (int q = 0; q < FS_SEQS; q++) {
+            cr_expect(first[t][q] >= 0 && first[t][q] < c.vocab_size, "step %d seq %d: token %d", t, q, first[t][q]);
+            if (q == 1)
+                cr_expect(first[t][q] >= 50 && first[t][q] < 120, "step %d: token %d outside the mask", t, first[t][q]);
+            if (q == 2)
+                cr_expect(first[t][q] % 2 == 1, "step %d: token %d outside the mask", t, first[t][q]);
+        }
+    /* without the logits copy: the same tokens */
+    fs_run(m, 0, (const int32_t(*)[FS_SEQS])first, again);
+    cr_expect(memcmp(first, again, sizeof first) == 0, "tokens without the logits differ from those with them");
     hm_model_free(m);
 }
 

@@ -12,7 +12,8 @@
  *                 bench_cuda_torch.py on the same shapes;
  *   sample        fused sampling at vocabulary 128256, batch 1/16/64/256: microseconds per
  *                 call, plain launches and CUDA-graph replays (the graph capture itself is
- *                 checked here: a failure prints an error line).
+ *                 checked here: a failure prints an error line); logits uniform in [-8, 8),
+ *                 ids 0..63 of each row penalised, as bench_cuda_torch.py's.
  *
  * Usage: bench_cuda [--quick] [--only copy|decode|prefill|sample]
  */
@@ -77,8 +78,10 @@ __global__ void fill_f32(float *p, size_t n, uint32_t seed, float scale)
     }
 }
 
-/* Median of `reps` timed calls of f (each between two events) after `warm` untimed ones, ms. */
-template <typename F> float time_ms(F f, int warm, int reps)
+/* Median over `reps` timed regions (each `inner` back-to-back calls of f between two events,
+ * so that the host's launch latency before the first call is spread over `inner` calls, as it
+ * is hidden in a stream of real work) of the time per call, after `warm` untimed calls, ms. */
+template <typename F> float time_ms(F f, int warm, int reps, int inner = 1)
 {
     cudaEvent_t a, b;
     BENCH_CHECK(cudaEventCreate(&a));
@@ -89,7 +92,8 @@ template <typename F> float time_ms(F f, int warm, int reps)
     std::vector<float> t;
     for (int i = 0; i < reps; i++) {
         BENCH_CHECK(cudaEventRecord(a));
-        f();
+        for (int j = 0; j < inner; j++)
+            f();
         BENCH_CHECK(cudaEventRecord(b));
         BENCH_CHECK(cudaEventSynchronize(b));
         float ms = 0;
@@ -99,7 +103,7 @@ template <typename F> float time_ms(F f, int warm, int reps)
     BENCH_CHECK(cudaEventDestroy(a));
     BENCH_CHECK(cudaEventDestroy(b));
     std::sort(t.begin(), t.end());
-    return t[t.size() / 2];
+    return t[t.size() / 2] / inner;
 }
 
 double copy_bandwidth(bool quick)
@@ -109,7 +113,7 @@ double copy_bandwidth(bool quick)
     BENCH_CHECK(cudaMalloc(&a, bytes));
     BENCH_CHECK(cudaMalloc(&b, bytes));
     BENCH_CHECK(cudaMemset(a, 1, bytes));
-    const float ms = time_ms([&] { BENCH_CHECK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice)); }, 3, 10);
+    const float ms = time_ms([&] { BENCH_CHECK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice)); }, 3, 10, 4);
     const double gbps = 2.0 * bytes / (ms * 1e-3) / 1e9;
     printf("{\"bench\":\"copy\",\"bytes\":%zu,\"ms\":%.4f,\"GBps_read_plus_write\":%.1f}\n", bytes, ms, gbps);
     add_row("copy       %8.2f GiB D2D             %9.3f ms  %8.0f GB/s (read+write)", bytes / 1073741824.0, ms, gbps);
@@ -162,7 +166,7 @@ void bench_decode(double copy_gbps, bool quick)
     const int nh = 32, nkv = 8, hd = 128;
     struct {
         int batch, ctx;
-    } cases[] = {{1, 131072}, {16, 8192}, {64, 4096}, {256, 1024}, {32, 2000}};
+    } cases[] = {{1, 131072}, {16, 8192}, {64, 4096}, {256, 1024}, {32, 2056}};
     for (auto c : cases) {
         if (quick && c.batch * (size_t)c.ctx > 70000)
             c.ctx = 70000 / c.batch;
@@ -188,7 +192,7 @@ void bench_decode(double copy_gbps, bool quick)
             [&] {
                 BENCH_CHECK(sn_cuda_attn_decode(d_out, nh * hd, d_q, nh * hd, &kv, d_rows, d_ctx, c.batch, c.ctx, d_ws, ws, 0));
             },
-            3, 20);
+            3, 10, 10);
         const double kv_bytes = 2.0 * c.batch * (double)c.ctx * nkv * hd * 2;
         const double gbps = kv_bytes / (ms * 1e-3) / 1e9;
         printf("{\"bench\":\"decode_attn\",\"batch\":%d,\"ctx\":%d,\"n_heads\":%d,\"n_kv_heads\":%d,\"head_dim\":%d,"
@@ -239,7 +243,7 @@ void bench_prefill(bool quick)
                 BENCH_CHECK(sn_cuda_attn_prefill(d_out, nh * hd, d_q, nh * hd, &kv, d_rows, d_start, d_pos, c.batch,
                                                  n_tokens, 0));
             },
-            2, 10);
+            2, 10, 5);
         const double pairs = (double)c.batch * c.len * (c.len + 1) / 2.0;
         const double tflops = 4.0 * nh * hd * pairs / (ms * 1e-3) / 1e12;
         printf("{\"bench\":\"prefill_attn\",\"batch\":%d,\"len\":%d,\"n_heads\":%d,\"n_kv_heads\":%d,\"head_dim\":%d,"
@@ -266,9 +270,12 @@ void bench_sample(bool quick)
         sn_cuda_sample_params *d_prm;
         BENCH_CHECK(cudaMalloc(&d_logits, (size_t)batch * vocab * 4));
         fill_f32<<<1024, 256>>>(d_logits, (size_t)batch * vocab, 3, 8.0f);
+        /* ids 0..63 of every row under the penalty, as bench_cuda_torch.py's `seen` */
+        std::vector<uint64_t> seen((size_t)batch * words, 0);
+        for (int i = 0; i < batch; i++)
+            seen[(size_t)i * words] = ~(uint64_t)0;
         BENCH_CHECK(cudaMalloc(&d_seen, (size_t)batch * words * 8));
-        BENCH_CHECK(cudaMemset(d_seen, 0, (size_t)batch * words * 8));
-        BENCH_CHECK(cudaMemset(d_seen, 0x11, std::min<size_t>((size_t)batch * words * 8, 64)));
+        BENCH_CHECK(cudaMemcpy(d_seen, seen.data(), (size_t)batch * words * 8, cudaMemcpyHostToDevice));
         BENCH_CHECK(cudaMalloc(&d_tok, batch * 4));
         BENCH_CHECK(cudaMalloc(&d_prm, batch * sizeof(sn_cuda_sample_params)));
         std::vector<sn_cuda_sample_params> prm(batch);
@@ -282,12 +289,7 @@ void bench_sample(bool quick)
             return sn_cuda_sample(d_tok, d_probs, d_logits, vocab, nullptr, d_seen, d_prm, batch, vocab, d_ws, ws, st);
         };
         const int n = quick ? 10 : 50;
-        const float plain = time_ms(
-            [&] {
-                for (int i = 0; i < n; i++)
-                    BENCH_CHECK(launch(0));
-            },
-            2, 5) / n;
+        const float plain = time_ms([&] { BENCH_CHECK(launch(0)); }, 2 * n, 5, n);
         /* the same call captured once in a graph and replayed */
         cudaStream_t st;
         BENCH_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));

@@ -39,7 +39,10 @@ def main():
     emit({"bench": "torch_device", "torch": torch.__version__, "name": torch.cuda.get_device_name(0)})
     rows = []
 
-    def time_ms(fn, warm=3, reps=10):
+    def time_ms(fn, warm=3, reps=10, inner=1):
+        """Median over reps of the time per call of `inner` back-to-back calls between two events
+        (as bench_cuda.cu's time_ms: the host's dispatch before the first call is spread over
+        `inner` calls instead of counting in full against one), after `warm` calls, ms."""
         for _ in range(warm):
             fn()
         torch.cuda.synchronize()
@@ -48,12 +51,17 @@ def main():
             a = torch.cuda.Event(enable_timing=True)
             b = torch.cuda.Event(enable_timing=True)
             a.record()
-            fn()
+            for _ in range(inner):
+                fn()
             b.record()
             b.synchronize()
-            ts.append(a.elapsed_time(b))
+            ts.append(a.elapsed_time(b) / inner)
         ts.sort()
         return ts[len(ts) // 2]
+
+    def first_line(e):
+        lines = str(e).splitlines()
+        return (lines[0] if lines else repr(e))[:160]
 
     # ---- prefill attention: SDPA -------------------------------------------------------------
     nh, nkv, hd = 32, 8, 128
@@ -85,13 +93,13 @@ def main():
             for gqa, fn in (("native", sdpa_gqa), ("expanded", sdpa_expanded)):
                 try:
                     if backend is None:
-                        ms = time_ms(fn)
+                        ms = time_ms(fn, inner=5)
                     else:
                         with sdpa_kernel(backend):
-                            ms = time_ms(fn)
+                            ms = time_ms(fn, inner=5)
                 except Exception as e:  # noqa: BLE001 - this backend refuses these inputs
                     emit({"bench": "torch_sdpa", "batch": batch, "len": length, "backend": name, "gqa": gqa,
-                          "error": str(e).splitlines()[0][:160]})
+                          "error": first_line(e)})
                     continue
                 kernel = ""
                 if backend is None:
@@ -132,15 +140,12 @@ def main():
 
     n = 10 if quick else 50
     for batch in (1, 16, 64, 256):
-        logits = torch.randn(batch, vocab, device=dev, dtype=torch.float32) * 4.0
+        # uniform in [-8, 8), as bench_cuda.cu's logits
+        logits = (torch.rand(batch, vocab, device=dev, dtype=torch.float32) * 2.0 - 1.0) * 8.0
         seen = torch.zeros(batch, vocab, device=dev, dtype=torch.bool)
         seen[:, :64] = True
 
-        def loop():
-            for _ in range(n):
-                torch_sample(logits, seen)
-
-        us = time_ms(loop, warm=1, reps=5) / n * 1e3
+        us = time_ms(lambda: torch_sample(logits, seen), warm=n, reps=5, inner=n) * 1e3
         emit({"bench": "torch_sample", "vocab": vocab, "batch": batch, "top_k": top_k, "top_p": top_p,
               "temperature": temperature, "us": round(us, 2)})
         rows.append(f"torch sample batch {batch:3d} vocab {vocab} {us:9.1f} us (topk + sort + cumsum + multinomial)")

@@ -488,7 +488,7 @@ static int fs_run(const sn_model *m, int check, const int32_t (*feed)[FS_SEQS], 
     }
     float *logits = malloc((size_t)FS_SEQS * V * sizeof *logits);
     uint64_t *allowed = calloc((size_t)FS_SEQS * W, sizeof *allowed), *seen = calloc((size_t)FS_SEQS * W, sizeof *seen);
-    int mismatches = 0;
+    int mismatches = 0, penalised = 0, penalty_decided = 0;
     for (int step = 0; step < FS_STEPS; step++) {
         int32_t toks[64], start[FS_SEQS + 1];
         uint8_t lf[FS_SEQS] = {1, 1, 1, 1};
@@ -503,7 +503,7 @@ static int fs_run(const sn_model *m, int check, const int32_t (*feed)[FS_SEQS], 
             const int kind = (q + step) % 4;
             sn_sampling p = {.temperature = kind == 0 ? 0.0f : 0.6f + 0.3f * (float)kind, .top_k = kind == 1 ? 20 : 0,
                              .top_p = kind == 2 ? 0.9f : 1.0f, .min_p = kind == 2 ? 0.02f : 0.0f,
-                             .repetition_penalty = kind == 3 ? 1.3f : 1.0f};
+                             .repetition_penalty = kind == 3 ? 2.5f : 1.0f};
             rows[q] = (sn_sample_row){.params = p, .seed = 1000u + (uint64_t)q, .step = (uint64_t)step};
             uint64_t *a = allowed + (size_t)q * W;
             memset(a, 0, W * sizeof *a);
@@ -515,6 +515,8 @@ static int fs_run(const sn_model *m, int check, const int32_t (*feed)[FS_SEQS], 
         start[FS_SEQS] = n;
         sn_batch batch = {n, toks, FS_SEQS, seq_ids, start, pos, lf};
         sn_sample_req req = {rows, allowed, seen};
+        for (int q = 0; q < FS_SEQS; q++) /* poisoned: a token never written cannot pass */
+            tokens[step][q] = -7;
         cr_assert(ops->forward_sample(b, &batch, &req, tokens[step], check ? logits : NULL) == SN_OK, "forward_sample: %s",
                   hm_errbuf);
         for (int q = 0; q < FS_SEQS; q++) {
@@ -525,11 +527,20 @@ static int fs_run(const sn_model *m, int check, const int32_t (*feed)[FS_SEQS], 
                     fprintf(stderr, "  step %d seq %d: device token %d, sampler.c %d\n", step, q, tokens[step][q], want);
                     mismatches++;
                 }
+                /* how much this run can see of the penalty bits: rows whose token they change */
+                if (rows[q].params.repetition_penalty != 1.0f) {
+                    penalised++;
+                    penalty_decided += want != sn_sample_seen(&smp, logits + (size_t)q * V, allowed + (size_t)q * W,
+                                                              &rows[q].params, NULL, rows[q].seed, rows[q].step);
+                }
             }
             pos[q] = len[q];
             hist[q][len[q]++] = feed ? feed[step][q] : tokens[step][q];
         }
     }
+    if (check)
+        fprintf(stderr, "forward_sample: the penalty bits decide %d of %d penalised rows' tokens\n", penalty_decided,
+                penalised);
     ops->close(b);
     sn_sampler_free(&smp);
     free(logits);

@@ -96,6 +96,9 @@ check info_dp_range 1 '--dp 65: must be between 1 and 64' -- "$sn" info -m "$tmp
 check info_dp_number 2 '--dp needs a number' -- "$sn" info -m "$tmp/llm" --dp two
 "$sn" run -m "$tmp/llm" --backend cpu --feed-tokens "0,3,72,4" --generate raw --max-tokens 6 --print-tokens >"$tmp/dp1.txt" 2>/dev/null
 check run_dp_same_tokens 0 '' -- bash -c "test -s '$tmp/dp1.txt' && '$sn' run -m '$tmp/llm' --backend cpu --dp 3 --feed-tokens '0,3,72,4' --generate raw --max-tokens 6 --print-tokens 2>/dev/null | cmp - '$tmp/dp1.txt'"
+# A corrupted weight (one NaN) is an error naming the model, not garbage tokens.
+python3 "$src/tests/reference/make_model.py" "$tmp/nan" --layout sensorium --seed 3 --corrupt model.layers.1.mlp.down_proj.weight >/dev/null
+check run_nan_weights 1 'nan: the logits at position 5 are NaN or infinite: the weights are corrupted' -- "$sn" run -m "$tmp/nan" --backend cpu --feed-tokens "0,3,72,4" --generate raw --max-tokens 5
 check run_cuda_without_gpu 1 'backend cuda' -- "$sn" run -m "$tmp/llm" --backend cuda --generate text
 check run_not_a_model 1 'not a model folder' -- "$sn" run -m "$tmp" --generate raw
 

@@ -470,6 +470,28 @@ Test(engine, the_automaton_only_lets_allowed_tokens_through)
     sn_engine_close(e);
 }
 
+Test(engine, non_finite_logits_fail_the_session_not_the_engine)
+{
+    const char *model = make_model("nan", "--seed 62 --corrupt model.layers.1.mlp.down_proj.weight");
+    sn_engine *e = open_engine(model, 1, 64, 2, 0);
+    sn_session_opts so = sn_session_opts_default();
+    so.no_bos = 1;
+    sn_session *s;
+    cr_assert_eq(sn_session_open(e, &so, &s), SN_OK);
+    const int32_t p[4] = {5, 6, 7, 8};
+    cr_assert_eq(sn_session_feed_tokens(s, p, 4), SN_OK);
+    cr_assert_eq(sn_session_generate(s, NULL, 0, 5, 0), SN_OK);
+    cr_expect_eq(sn_engine_run(e), SN_OK, "%s", sn_errmsg());
+    cr_expect_eq(sn_session_stop_reason(s), SN_STOP_ERROR);
+    cr_expect_not_null(strstr(sn_session_error(s), "nan: the logits at position 4 are NaN or infinite"), "%s",
+                       sn_session_error(s));
+    size_t n;
+    sn_session_tokens(s, &n);
+    cr_expect_eq(n, 4u, "no token sampled from NaN logits");
+    sn_session_close(s);
+    sn_engine_close(e);
+}
+
 Test(engine, bad_requests_are_clear_errors)
 {
     const char *model = make_model("bad", "--layout sensorium --seed 61");

@@ -53,6 +53,8 @@ typedef struct sn_sample_req {
                                   (sn_seen_bits of the row's context); NULL: none in any row */
 } sn_sample_req;
 
+#define SN_TOKEN_NONFINITE (-2)
+
 typedef struct sn_backend_opts {
     int32_t threads;        /* 0: all cores */
     int32_t tp;             /* tensor-parallel shards (heads and FFN columns split); >= 1 */
@@ -82,9 +84,10 @@ struct sn_backend_ops {
      * a KV slot (kv_reserve). */
     sn_status (*forward)(sn_backend *b, const sn_batch *batch, float *logits);
     /* forward(), then one token per logits row with sampler.c's rules and result
-     * (sn_sample_seen), or -1 where the row allows nothing: the engine's path, so that a GPU
-     * backend samples on the device and sends back tokens, not rows of logits. The logits
-     * are written too when logits is not NULL. */
+     * (sn_sample_seen), or -1 where the row allows nothing, or SN_TOKEN_NONFINITE where the
+     * row's logits are NaN or infinite (corrupted weights, overflowing activations): the
+     * engine's path, so that a GPU backend samples on the device and sends back tokens, not
+     * rows of logits. The logits are written too when logits is not NULL. */
     sn_status (*forward_sample)(sn_backend *b, const sn_batch *batch, const sn_sample_req *req,
                                 int32_t *tokens, float *logits);
     /* Makes room in sequence seq for positions [0, n_positions): allocates blocks as needed.

@@ -741,8 +741,13 @@ static sn_status cpu_forward_sample(sn_backend *base, const sn_batch *batch, con
         if (!batch->logits_for[r])
             continue;
         const sn_sample_row *sr = &req->rows[row];
-        tokens[row] = sn_sample_seen(&b->sampler, lg + (size_t)row * V, req->allowed + (size_t)row * words, &sr->params,
-                                     req->seen ? req->seen + (size_t)row * words : NULL, sr->seed, sr->step);
+        const float *x = lg + (size_t)row * V;
+        int finite = 1;
+        for (size_t i = 0; i < V; i++)
+            finite &= isfinite(x[i]) != 0;
+        tokens[row] = finite ? sn_sample_seen(&b->sampler, x, req->allowed + (size_t)row * words, &sr->params,
+                                              req->seen ? req->seen + (size_t)row * words : NULL, sr->seed, sr->step)
+                             : SN_TOKEN_NONFINITE;
         row++;
     }
     return SN_OK;

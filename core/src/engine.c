@@ -97,6 +97,7 @@ struct sn_engine {
     uint8_t *row_ok;          /* (max_sessions) the row's session takes its token */
     int32_t *row_tokens;      /* (max_sessions) */
     char describe[512];
+    char model_dir[512];      /* for messages */
 };
 
 /* ---------------------------------------------------------------------------------------- */
@@ -189,6 +190,7 @@ sn_status sn_engine_open(const sn_engine_opts *opts, sn_engine **out)
     e->max_sessions = opts->max_sessions > 0 ? opts->max_sessions : DEFAULT_MAX_SESSIONS;
     e->max_batch_tokens = opts->max_batch_tokens > 0 ? opts->max_batch_tokens : DEFAULT_BATCH_TOKENS;
     e->keep_logits = opts->keep_logits;
+    snprintf(e->model_dir, sizeof e->model_dir, "%s", opts->model_dir);
     sn_status st = sn_plugins_open(opts->plugin_path, 0, &e->plugins);
     if (st == SN_OK)
         st = sn_model_open(opts->model_dir, &e->model);
@@ -708,6 +710,16 @@ static int prepare_seen(sn_engine *e, int32_t n_rows, sn_session *const *row_ses
 static void take_token(sn_session *s, int32_t tok)
 {
     sn_engine *e = s->engine;
+    if (tok == SN_TOKEN_NONFINITE || tok >= e->vocab_size || tok < -1) {
+        if (tok == SN_TOKEN_NONFINITE)
+            sn_fail(SN_ERR_FORMAT, "%s: the logits at position %zu are NaN or infinite: the weights are corrupted, "
+                    "or the activations overflow", e->model_dir, s->n_tokens);
+        else
+            sn_fail(SN_ERR_INTERNAL, "the %s backend sampled id %d, outside the vocabulary of %d (NaN logits?)",
+                    e->backend->ops->name, tok, e->vocab_size);
+        session_fail(s);
+        return;
+    }
     if (tok < 0) {
         sn_fail(SN_ERR_INTERNAL, "no token is allowed at step %llu (a dead end of the automaton)",
                 (unsigned long long)s->step);

@@ -71,6 +71,7 @@ def main():
     p.add_argument("--layout", choices=["hf", "sensorium"], default="hf")
     p.add_argument("--shards", type=int, default=1)
     p.add_argument("--context", type=int, default=512)
+    p.add_argument("--corrupt", metavar="TENSOR", help="one element of TENSOR set to NaN (a corrupted file)")
     a = p.parse_args()
     if a.heads % a.kv_heads:
         p.error("--heads must be a multiple of --kv-heads")
@@ -103,6 +104,11 @@ def main():
     t.append(("model.norm.weight", norm(H)))
     if not a.tie:
         t.append(("lm_head.weight", mat(a.vocab, H)))
+    if a.corrupt:
+        hit = [x for n, x in t if n == a.corrupt]
+        if not hit:
+            p.error(f"--corrupt: no tensor {a.corrupt}")
+        hit[0].flat[0] = np.nan
     if not 1 <= a.shards <= len(t):
         p.error(f"--shards must be between 1 and the number of tensors, {len(t)}")
 

@@ -134,9 +134,12 @@ size_t sn_cuda_sample_workspace(int32_t rows, int32_t vocab);
  * core/src/sampler.c's rules and result: allowed (rows, (vocab+63)/64 words; NULL: all)
  * masks ids, seen (same shape; NULL: none) marks the ids the repetition penalty applies to,
  * then greedy or softmax/top-k/top-p/min-p and the Philox draw for (seed, step). tokens[r] =
- * the id, or -1 when no id is allowed. probs (rows, vocab; NULL: not written) gets the
- * normalised distribution the draw used (sn_sample_distribution). Logits must be finite or
- * -inf; a row whose allowed logits are all -inf gives its lowest allowed id. */
+ * the id, or -1 when no id is allowed, or SN_CUDA_TOKEN_NONFINITE when any logit of the row
+ * (allowed or not) is NaN or +inf: corrupted weights or an overflow, nothing to sample from
+ * (probs then all 0). probs (rows, vocab; NULL: not written) gets the normalised distribution
+ * the draw used (sn_sample_distribution). A logit may be -inf; a row whose allowed logits are
+ * all -inf gives its lowest allowed id. */
+#define SN_CUDA_TOKEN_NONFINITE (-2)
 cudaError_t sn_cuda_sample(int32_t *tokens, float *probs, const float *logits,
                            int64_t logits_stride, const uint64_t *allowed, const uint64_t *seen,
                            const sn_cuda_sample_params *params, int32_t rows, int32_t vocab,

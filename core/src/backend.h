@@ -84,8 +84,8 @@ struct sn_backend_ops {
      * a KV slot (kv_reserve). */
     sn_status (*forward)(sn_backend *b, const sn_batch *batch, float *logits);
     /* forward(), then one token per logits row with sampler.c's rules and result
-     * (sn_sample_seen), or -1 where the row allows nothing, or SN_TOKEN_NONFINITE where the
-     * row's logits are NaN or infinite (corrupted weights, overflowing activations): the
+     * (sn_sample_seen), or -1 where the row allows nothing, or SN_TOKEN_NONFINITE where a
+     * logit of the row is NaN or +inf (corrupted weights, overflowing activations): the
      * engine's path, so that a GPU backend samples on the device and sends back tokens, not
      * rows of logits. The logits are written too when logits is not NULL. */
     sn_status (*forward_sample)(sn_backend *b, const sn_batch *batch, const sn_sample_req *req,

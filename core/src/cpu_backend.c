@@ -742,9 +742,9 @@ static sn_status cpu_forward_sample(sn_backend *base, const sn_batch *batch, con
             continue;
         const sn_sample_row *sr = &req->rows[row];
         const float *x = lg + (size_t)row * V;
-        int finite = 1;
+        int finite = 1; /* no NaN, no +inf (as the CUDA kernel: -inf is a logit like a mask) */
         for (size_t i = 0; i < V; i++)
-            finite &= isfinite(x[i]) != 0;
+            finite &= x[i] < INFINITY;
         tokens[row] = finite ? sn_sample_seen(&b->sampler, x, req->allowed + (size_t)row * words, &sr->params,
                                               req->seen ? req->seen + (size_t)row * words : NULL, sr->seed, sr->step)
                              : SN_TOKEN_NONFINITE;

@@ -205,6 +205,8 @@ typedef struct cuda_backend {
 
 extern "C" const sn_backend_ops sn_cuda_backend_ops_v1;
 
+static_assert(SN_CUDA_TOKEN_NONFINITE == SN_TOKEN_NONFINITE, "the kernel's and the engine's NaN-row token agree");
+
 /* ---------------------------------------------------------------------------------------- */
 /* Weights                                                                                  */
 /* ---------------------------------------------------------------------------------------- */

@@ -220,15 +220,16 @@ __global__ void __launch_bounds__(NT) sample_kernel(int32_t *tokens, float *prob
     const uint64_t *al = allowed ? allowed + (int64_t)row * words : nullptr;
     const uint64_t *seen_row = seen && prm.repetition_penalty != 1.0f ? seen + (int64_t)row * words : nullptr;
 
-    /* 1: mask, penalty, argmax (lowest id on ties), count */
+    /* 1: mask, penalty, argmax (lowest id on ties), count; NaN or +inf anywhere in the row */
     float best_v = -INFINITY;
-    int best_i = INT_MAX, count = 0;
+    int best_i = INT_MAX, count = 0, bad = 0;
     for (int i = tid; i < vocab; i += NT) {
+        float l = lg[i];
+        bad |= !(l < INFINITY);
         if (al && !((al[i >> 6] >> (i & 63)) & 1)) {
             wb[i] = SN_SAMP_MASKED;
             continue;
         }
-        float l = lg[i];
         if (seen_row && ((seen_row[i >> 6] >> (i & 63)) & 1))
             l = l > 0.0f ? SN_FDIV(l, prm.repetition_penalty) : SN_FMUL(l, prm.repetition_penalty);
         w[i] = l;
@@ -252,6 +253,15 @@ __global__ void __launch_bounds__(NT) sample_kernel(int32_t *tokens, float *prob
         sh.best_i[warp] = best_i;
     }
     count = sn::block_sum<NT>(count, sh.red_i); /* its barriers publish best_v/best_i too */
+    bad = sn::block_sum<NT>(bad, sh.red_i);
+    if (bad) { /* the same for every thread: the early return is uniform */
+        if (tid == 0)
+            tokens[row] = SN_CUDA_TOKEN_NONFINITE;
+        if (pr)
+            for (int i = tid; i < vocab; i += NT)
+                pr[i] = 0.0f;
+        return;
+    }
     if (warp == 0) {
         best_v = sh.best_v[lane];
         best_i = sh.best_i[lane];

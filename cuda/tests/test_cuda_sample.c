@@ -219,6 +219,56 @@ Test(cuda_sample, rows_without_a_finite_allowed_logit)
     CU(cudaFree(d_ws));
 }
 
+/* A NaN or +inf anywhere in a row, allowed or masked, is SN_CUDA_TOKEN_NONFINITE; -inf is not. */
+Test(cuda_sample, nan_or_infinite_rows_are_flagged)
+{
+    enum { ROWS = 5, VOCAB = 5000, WORDS = (VOCAB + 63) / 64 };
+    static float logits[ROWS * VOCAB], probs[ROWS * VOCAB];
+    static uint64_t allowed[ROWS * WORDS];
+    sn_rng r = {8400};
+    for (int i = 0; i < ROWS * VOCAB; i++)
+        logits[i] = sn_rng_uniform(&r, -4.0f, 4.0f);
+    memset(allowed, 0xff, sizeof allowed);
+    logits[0 * VOCAB + 4321] = NAN;              /* allowed */
+    logits[1 * VOCAB + 17] = NAN;                /* masked out */
+    allowed[1 * WORDS + 17 / 64] &= ~(1ull << (17 % 64));
+    logits[2 * VOCAB + 4999] = INFINITY;
+    logits[3 * VOCAB + 5] = -INFINITY;           /* a plain -inf: sampled as usual */
+    const sn_cuda_sample_params p = {.temperature = 1.0f, .top_k = 0, .top_p = 1.0f, .min_p = 0.0f,
+                                     .repetition_penalty = 1.0f, .seed = 7};
+    sn_cuda_sample_params prm[ROWS];
+    for (int i = 0; i < ROWS; i++)
+        prm[i] = p;
+    prm[4].temperature = 0.0f; /* greedy on a clean row */
+    float *d_logits = sn_dev_upload(logits, sizeof logits), *d_probs = sn_dev_alloc(sizeof probs);
+    uint64_t *d_allowed = sn_dev_upload(allowed, sizeof allowed);
+    sn_cuda_sample_params *d_prm = sn_dev_upload(prm, sizeof prm);
+    int32_t *d_tok = sn_dev_alloc(ROWS * 4), tok[ROWS];
+    const size_t ws_bytes = sn_cuda_sample_workspace(ROWS, VOCAB);
+    void *d_ws = sn_dev_alloc(ws_bytes);
+    LAUNCH(sn_cuda_sample(d_tok, d_probs, d_logits, VOCAB, d_allowed, NULL, d_prm, ROWS, VOCAB, d_ws, ws_bytes, 0));
+    sn_dev_download(tok, d_tok, sizeof tok);
+    sn_dev_download(probs, d_probs, sizeof probs);
+    for (int i = 0; i < 3; i++)
+        cr_expect_eq(tok[i], SN_CUDA_TOKEN_NONFINITE, "row %d: got %d", i, tok[i]);
+    int nonzero = 0;
+    for (int j = 0; j < 3 * VOCAB; j++)
+        nonzero += probs[j] != 0.0f;
+    cr_expect_eq(nonzero, 0, "%d probabilities of the flagged rows are not 0", nonzero);
+    for (int i = 3; i < ROWS; i++) {
+        const int32_t want = sn_ref_sample(NULL, logits + (size_t)i * VOCAB, allowed + (size_t)i * WORDS, NULL,
+                                           prm[i].temperature, prm[i].top_k, prm[i].top_p, prm[i].min_p,
+                                           prm[i].repetition_penalty, prm[i].seed, 0, VOCAB);
+        cr_expect_eq(tok[i], want, "row %d: got %d, want %d", i, tok[i], want);
+    }
+    CU(cudaFree(d_logits));
+    CU(cudaFree(d_probs));
+    CU(cudaFree(d_allowed));
+    CU(cudaFree(d_prm));
+    CU(cudaFree(d_tok));
+    CU(cudaFree(d_ws));
+}
+
 Test(cuda_sample, rejects_bad_arguments)
 {
     int32_t *d = sn_dev_alloc(4096);

@@ -72,6 +72,10 @@ cudaError_t sn_cuda_kv_store(sn_bf16 *k_cache, sn_bf16 *v_cache, const sn_bf16 *
                              int32_t n_tokens, int32_t n_kv_heads, int32_t head_dim,
                              cudaStream_t stream);
 
+/* dst (n_rows, cols) = rows idx[i] of src (cols wide, bf16): the rows that want logits. */
+cudaError_t sn_cuda_gather_rows(sn_bf16 *dst, const sn_bf16 *src, const int32_t *idx, int32_t n_rows,
+                                int32_t cols, cudaStream_t stream);
+
 /* The paged KV cache of one layer, as the attention kernels read it. */
 typedef struct sn_cuda_paged_kv {
     const sn_bf16 *k_cache;      /* (n_blocks, n_kv_heads, 16, head_dim) */

@@ -708,17 +708,6 @@ fail:
 /* The forward pass                                                                         */
 /* ---------------------------------------------------------------------------------------- */
 
-/* Gathers rows idx[i] of src (bf16, ld cols) into dst (n, cols): the last token of each run
- * that wants logits. A backend-local op (too small for its own kernels/ file). */
-static __global__ void gather_rows_kernel(sn_bf16 *dst, const sn_bf16 *src, const int32_t *idx, int32_t cols)
-{
-    const int32_t r = blockIdx.x;
-    const sn_bf16 *s = src + (size_t)idx[r] * cols;
-    sn_bf16 *d = dst + (size_t)r * cols;
-    for (int32_t j = threadIdx.x; j < cols; j += blockDim.x)
-        d[j] = s[j];
-}
-
 /* y (n, m; type yt) = x (n, k; bf16) . w^T (w (m, k) bf16, row-major), fp32 accumulation. */
 static int gemm(gpu_rank *g, const sn_bf16 *x, int32_t n, int32_t k, const sn_bf16 *w, int32_t m, void *y,
                 cudaDataType_t yt, char *msg, size_t msg_len)
@@ -809,8 +798,7 @@ static int enqueue_phase(cuda_backend *b, gpu_rank *g, phase ph, int32_t l, cons
             return 0;
         const sn_bf16 *rows = g->xn;
         if (!st->rows_are_tokens) {
-            gather_rows_kernel<<<st->n_rows, 256, 0, s>>>(g->last, g->xn, meta + L->out_rows, H);
-            CUDA_CHECK(cudaGetLastError());
+            CUDA_CHECK(sn_cuda_gather_rows(g->last, g->xn, meta + L->out_rows, st->n_rows, H, s));
             rows = g->last;
         }
         return gemm(g, rows, st->n_rows, H, g->lm_head, c->vocab_size, g->logits, CUDA_R_32F, msg, msg_len);

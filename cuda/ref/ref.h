@@ -75,6 +75,9 @@ void sn_ref_attn_prefill(double *out, const float *q, const uint16_t *k_cache, c
                          const int32_t *seq_start, const int32_t *seq_pos, int32_t n_seqs,
                          int32_t n_heads, int32_t n_kv_heads, int32_t head_dim, float scale);
 
+/* dst (n_rows, cols) = rows idx[i] of src (bf16 bits). */
+void sn_ref_gather_rows(uint16_t *dst, const uint16_t *src, const int32_t *idx, int32_t n_rows, int32_t cols);
+
 /* The CPU sampler (core/src/sampler.c) on one row with the kernel's inputs: the seen bitset
  * becomes the history. probs (vocab; NULL: not written) gets sn_sample_distribution. The
  * sampler struct is created per call. Returns the token (-1: nothing allowed). */

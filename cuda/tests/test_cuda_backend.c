@@ -245,6 +245,8 @@ static void step(scenario *s, int n_runs, const int *seqs, const int *counts, co
     }
 }
 
+static int32_t scenario_tp = 1; /* tensor-parallel GPUs of the scenarios */
+
 static void run_scenario(scenario *s, const sn_model *m, int compare, float *all, size_t cap_all)
 {
     memset(s, 0, sizeof *s);
@@ -254,7 +256,7 @@ static void run_scenario(scenario *s, const sn_model *m, int compare, float *all
     s->cap_all = cap_all;
     s->ops = sn_cuda_backend_ops(SN_CUDA_BACKEND_ABI, &hm_host);
     cr_assert(s->ops && strcmp(s->ops->name, "cuda") == 0);
-    sn_backend_opts o = {.threads = 0, .tp = 1, .kv_bytes = 0, .max_seqs = MAX_SEQS, .max_batch_tokens = 64};
+    sn_backend_opts o = {.threads = 0, .tp = scenario_tp, .kv_bytes = 0, .max_seqs = MAX_SEQS, .max_batch_tokens = 64};
     cr_assert(s->ops->open(m, &o, &s->b) == SN_OK, "open: %s", hm_errbuf);
     cr_assert(s->ops->kv_total_blocks(s->b) > 0);
     s->logits = malloc((size_t)MAX_SEQS * m->cfg.vocab_size * sizeof(float));
@@ -568,6 +570,37 @@ Test(cuda_backend, forward_sample_gives_the_cpu_samplers_tokens)
     /* without the logits copy: the same tokens */
     fs_run(m, 0, (const int32_t(*)[FS_SEQS])first, again);
     cr_expect(memcmp(first, again, sizeof first) == 0, "tokens without the logits differ from those with them");
+    hm_model_free(m);
+}
+
+/* --tp 2 over NCCL: each GPU holds half the heads and FFN columns and the partials are summed;
+ * the same rows as the fp32 reference. Needs two GPUs (the host simulator has them). */
+Test(cuda_backend, tensor_parallel_over_two_gpus)
+{
+    int n_dev = 0;
+    if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev < 2) {
+        fprintf(stderr, "tensor parallel: not run: %d GPU(s)\n", n_dev);
+        return;
+    }
+    sn_model_config c = config_b();
+    sn_model *m = hm_model_make(&c, SN_DTYPE_BF16, 19, 0);
+    const sn_backend_ops *ops = sn_cuda_backend_ops(SN_CUDA_BACKEND_ABI, &hm_host);
+    sn_backend *probe = NULL;
+    sn_backend_opts o = {.tp = 2, .max_seqs = 1, .max_batch_tokens = 4};
+    if (ops->open(m, &o, &probe) == SN_ERR_UNSUPPORTED) {
+        fprintf(stderr, "tensor parallel: not run: %s\n", hm_errbuf); /* a build without NCCL */
+        hm_model_free(m);
+        return;
+    }
+    cr_assert(probe, "open: %s", hm_errbuf);
+    ops->close(probe);
+    scenario s;
+    scenario_tp = 2;
+    run_scenario(&s, m, 1, NULL, 0);
+    scenario_tp = 1;
+    fprintf(stderr, "tensor parallel (2 GPUs): %zu rows checked, %zu mismatching elements, %zu greedy disagreements\n",
+            s.rows_checked, s.mismatches, s.token_disagreements);
+    cr_expect(s.mismatches == 0 && s.token_disagreements == 0);
     hm_model_free(m);
 }
 

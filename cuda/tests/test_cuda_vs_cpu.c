@@ -5,6 +5,9 @@
  * decode steps fed with the CPU's greedy tokens, the same batches on both backends.
  * Built only in the full tree (it needs the engine core); skips without a GPU.
  *
+ * Then the engine itself (public API) on "cuda" against "cpu": sessions batched, sampling on
+ * the device (forward_sample), and with two GPUs --dp 2 and --tp 2 too.
+ *
  * Tolerance (bf16 weights and activations on the GPU, fp32 everywhere on the CPU): per
  * logits row max|cuda - cpu| <= 3e-2 * max|cpu|, and the greedy tokens agree wherever the
  * CPU's two best logits are more than twice that apart.
@@ -16,6 +19,7 @@
 #include "backend.h"
 #include "cuda_test.h"
 #include "model.h"
+#include "sensorium/sensorium.h"
 
 sn_status sn_backend_open_named(const char *name, const sn_model *model, const sn_backend_opts *opts,
                                 sn_backend **out);
@@ -119,6 +123,112 @@ Test(cuda_vs_cpu, f16_mha_head_dim_128)
 {
     compare_model("--vocab 300 --hidden 256 --intermediate 512 --layers 2 --heads 2 --kv-heads 2 --head-dim 128 "
                   "--dtype f16 --seed 3");
+}
+
+/* ---- The engine on the CUDA backend ------------------------------------------------------- */
+
+#define E_SESS 3
+#define E_GEN 6
+
+typedef struct engine_run {
+    int32_t tokens[E_SESS][E_GEN];
+    float *logits; /* (E_SESS, vocab): each session's last row */
+    char describe[512];
+} engine_run;
+
+static void run_engine(const char *model, const char *backend, int dp, int tp, int32_t vocab, engine_run *r)
+{
+    sn_engine_opts o = sn_engine_opts_default();
+    o.model_dir = model;
+    o.backend = backend;
+    o.dp = dp;
+    o.tp = tp;
+    o.threads = 2;
+    o.max_sessions = E_SESS;
+    o.keep_logits = 1;
+    sn_engine *e;
+    cr_assert(sn_engine_open(&o, &e) == SN_OK, "%s dp %d tp %d: %s", backend, dp, tp, sn_errmsg());
+    snprintf(r->describe, sizeof r->describe, "%s", sn_engine_describe(e));
+    sn_session *s[E_SESS];
+    for (int i = 0; i < E_SESS; i++) {
+        sn_session_opts so = sn_session_opts_default();
+        so.no_bos = 1;
+        int32_t p[12];
+        for (int j = 0; j < 5 + 3 * i; j++)
+            p[j] = (i * 53 + j * 17) % vocab;
+        cr_assert(sn_session_open(e, &so, &s[i]) == SN_OK, "%s", sn_errmsg());
+        cr_assert(sn_session_feed_tokens(s[i], p, (size_t)(5 + 3 * i)) == SN_OK);
+        cr_assert(sn_session_generate(s[i], NULL, 0, E_GEN, 0) == SN_OK);
+    }
+    cr_assert(sn_engine_run(e) == SN_OK, "%s", sn_errmsg());
+    r->logits = malloc((size_t)E_SESS * vocab * sizeof *r->logits);
+    for (int i = 0; i < E_SESS; i++) {
+        size_t n;
+        const int32_t *t = sn_session_tokens(s[i], &n);
+        cr_assert(n == (size_t)(5 + 3 * i + E_GEN), "session %d: %s", i, sn_session_error(s[i]));
+        memcpy(r->tokens[i], t + n - E_GEN, sizeof r->tokens[i]);
+        memcpy(r->logits + (size_t)i * vocab, sn_session_logits(s[i], NULL), (size_t)vocab * sizeof(float));
+        sn_session_close(s[i]);
+    }
+    sn_engine_close(e);
+}
+
+/* The greedy tokens of a and b agree until the first step where a's two best logits are
+ * within margin (a near-tie the backends may break differently); logits within 3e-2. */
+static void expect_same(const engine_run *a, const engine_run *b, int32_t vocab, const char *what)
+{
+    for (int i = 0; i < E_SESS; i++) {
+        const float *la = a->logits + (size_t)i * vocab, *lb = b->logits + (size_t)i * vocab;
+        double mx = 0, err = 0;
+        for (int j = 0; j < vocab; j++) {
+            mx = fmax(mx, fabs(la[j]));
+            err = fmax(err, fabs((double)la[j] - lb[j]));
+        }
+        const int same = memcmp(a->tokens[i], b->tokens[i], sizeof a->tokens[i]) == 0;
+        fprintf(stderr, "engine %s: session %d tokens %s, last logits max|diff| %.3g of %.3g\n", what, i,
+                same ? "equal" : "differ", err, mx);
+        if (same)
+            cr_expect(err <= 3e-2 * mx, "%s: session %d logits differ by %.4g (max %.4g)", what, i, err, mx);
+        else
+            cr_expect(same, "%s: session %d generated other tokens", what, i);
+    }
+}
+
+Test(cuda_vs_cpu, engine_on_cuda_with_replicas_and_shards)
+{
+    char dir[64] = "/tmp/sn_cuda_engine_XXXXXX", cmd[1024], model[128];
+    cr_assert(mkdtemp(dir));
+    snprintf(model, sizeof model, "%s/m", dir);
+    /* a confident model (large logits): greedy decisions far from ties */
+    snprintf(cmd, sizeof cmd,
+             "python3 %s/tests/reference/make_model.py %s --vocab 300 --hidden 256 --intermediate 344 --layers 2 "
+             "--heads 4 --kv-heads 2 --head-dim 64 --dtype bf16 --seed 4 --tie >/dev/null",
+             SN_SOURCE_DIR, model);
+    cr_assert(system(cmd) == 0, "%s failed", cmd);
+    const int32_t V = 300;
+    engine_run cpu, gpu;
+    run_engine(model, "cpu", 1, 1, V, &cpu);
+    run_engine(model, "cuda", 1, 1, V, &gpu);
+    cr_expect(strstr(gpu.describe, "backend cuda") != NULL, "%s", gpu.describe);
+    expect_same(&cpu, &gpu, V, "cuda vs cpu");
+    int n_dev = 0;
+    if (cudaGetDeviceCount(&n_dev) == cudaSuccess && n_dev >= 2) {
+        engine_run dp2, tp2;
+        run_engine(model, "cuda", 2, 1, V, &dp2);
+        cr_expect(strstr(dp2.describe, "dp 2 x tp 1") != NULL, "%s", dp2.describe);
+        expect_same(&gpu, &dp2, V, "cuda dp 2 vs dp 1");
+        run_engine(model, "cuda", 1, 2, V, &tp2);
+        cr_expect(strstr(tp2.describe, "dp 1 x tp 2") != NULL, "%s", tp2.describe);
+        expect_same(&gpu, &tp2, V, "cuda tp 2 vs tp 1");
+        free(dp2.logits);
+        free(tp2.logits);
+    } else {
+        fprintf(stderr, "engine on cuda: --dp 2 and --tp 2 not run: %d GPU(s)\n", n_dev);
+    }
+    free(cpu.logits);
+    free(gpu.logits);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    cr_expect(system(cmd) == 0);
 }
 
 SN_CUDA_TEST_MAIN()

@@ -16,7 +16,7 @@
  * cudaStreamSynchronize, cudaDeviceSynchronize or cudaGetLastError. */
 cudaError_t sn_sim_enqueue(cudaStream_t stream, std::function<cudaError_t()> op);
 
-/* Records why the last simulated operation failed (one line, for stderr). */
+/* Says on stderr, in one line, why a simulated operation failed. */
 void sn_sim_note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 #endif /* SN_HOSTSIM_H */

@@ -106,15 +106,14 @@ uint16_t f32_to_bf16(float f)
 
 } // namespace
 
-char g_sim_note[512];
-
 void sn_sim_note(const char *fmt, ...)
 {
+    char line[512];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(g_sim_note, sizeof g_sim_note, fmt, ap);
+    vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "hostsim: %s\n", g_sim_note);
+    fprintf(stderr, "hostsim: %s\n", line);
 }
 
 cudaError_t sn_sim_enqueue(cudaStream_t stream, std::function<cudaError_t()> op)

@@ -109,7 +109,8 @@ cudaError_t sn_cuda_embed(void *out, sn_cuda_dtype out_type, const void *table, 
     if (n_tokens < 0 || hidden <= 0 || vocab <= 0 || !out || !table || !tokens || !dtype_ok(out_type) ||
         !dtype_ok(table_type))
         return cudaErrorInvalidValue;
-    /* the rows the tokens name, as ref/embed_ref.c reads them (ids outside the vocabulary: 0) */
+    /* what ref/embed_ref.c computes (ids outside the vocabulary give zeros), row by row rather
+     * than through a float copy of the whole table */
     return sn_sim_enqueue(stream, [=]() {
         for (int32_t i = 0; i < n_tokens; i++) {
             const int32_t id = tokens[i];

@@ -35,13 +35,15 @@ static int argmax_of(const float *x, int n)
     return b;
 }
 
-static void compare_model(const char *args)
+/* A model from tests/reference/SCRIPT (make_model.py: a Hugging Face folder; make_gguf.py:
+ * a GGUF file, ext ".gguf") on both backends. */
+static void compare_with(const char *script, const char *ext, const char *args)
 {
     char dir[64] = "/tmp/sn_cuda_vs_cpu_XXXXXX", cmd[1024];
     cr_assert(mkdtemp(dir));
-    snprintf(cmd, sizeof cmd, "python3 %s/tests/reference/make_model.py %s/m %s >/dev/null", SN_SOURCE_DIR, dir, args);
+    snprintf(cmd, sizeof cmd, "python3 %s/tests/reference/%s %s/m%s %s >/dev/null", SN_SOURCE_DIR, script, dir, ext, args);
     cr_assert(system(cmd) == 0, "%s failed", cmd);
-    snprintf(cmd, sizeof cmd, "%s/m", dir);
+    snprintf(cmd, sizeof cmd, "%s/m%s", dir, ext);
     sn_model *m = NULL;
     cr_assert(sn_model_open(cmd, &m) == SN_OK, "%s", sn_errmsg());
     const sn_model_config *c = sn_model_config_of(m);
@@ -107,6 +109,8 @@ static void compare_model(const char *args)
     cr_expect(system(cmd) == 0);
 }
 
+static void compare_model(const char *args) { compare_with("make_model.py", "", args); }
+
 Test(cuda_vs_cpu, bf16_gqa)
 {
     compare_model("--vocab 300 --hidden 256 --intermediate 344 --layers 2 --heads 4 --kv-heads 2 --head-dim 64 "
@@ -123,6 +127,14 @@ Test(cuda_vs_cpu, f16_mha_head_dim_128)
 {
     compare_model("--vocab 300 --hidden 256 --intermediate 512 --layers 2 --heads 2 --kv-heads 2 --head-dim 128 "
                   "--dtype f16 --seed 3");
+}
+
+/* Quantised GGUF weights (Q4_0, Q4_1, Q8_0, F16, BF16, F32 in turn), dequantised at upload,
+ * and llama.cpp's permuted Q/K rows (interleaved RoPE). */
+Test(cuda_vs_cpu, gguf_quantised_interleaved_rope)
+{
+    compare_with("make_gguf.py", ".gguf", "--hidden 256 --heads 4 --kv-heads 2 --ffn 320 --vocab 96 --seed 7");
+    compare_with("make_gguf.py", ".gguf", "--hidden 256 --heads 4 --kv-heads 2 --ffn 320 --vocab 96 --seed 8 --tie");
 }
 
 /* ---- The engine on the CUDA backend ------------------------------------------------------- */

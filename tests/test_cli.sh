@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # test_cli.sh - the `sensorium` command as a user meets it: listings, round trips through
 # files, exit codes (0 ok, 1 runtime error, 2 usage error) and one-line errors.
-# Usage: test_cli.sh SENSORIUM_BINARY TEST_PLUGIN_DIR SOURCE_DIR
+# Usage: test_cli.sh SENSORIUM_BINARY TEST_PLUGIN_DIR SOURCE_DIR [HOSTSIM_CUDA_LIB]
 set -u
 sn=$1 test_plugins=$2 src=$3
 tmp=$(mktemp -d)
@@ -112,6 +112,15 @@ check gguf_chat 0 'capital of France is Paris' -- "$sn" run -m "$smol" --chat "W
 check gguf_chat_stops 0 'stopped: eos' -- "$sn" run -m "$smol" --chat "What is the capital of France?" --plain --max-tokens 24
 check gguf_chat_json 0 '"kind":"text","text":"The"' -- "$sn" run -m "$smol" --chat "What is the capital of France?" --max-tokens 3
 check gguf_prompt 0 'tokens' -- "$sn" run -m "$smol" --prompt "Once upon a time" --plain --max-tokens 4
+# The CUDA backend's own code on simulated GPUs (cuda/hostsim): the real model, sampled on
+# the "device", over 2 replicas of 3 tensor-parallel GPUs each.
+if [[ -n ${4:-} ]]; then
+  { SENSORIUM_CUDA_LIB=$4 SN_HOSTSIM_GPUS=6 "$sn" run -m "$smol" --backend cuda --dp 2 --tp 3 \
+      --chat "What is the capital of France?" --plain --max-tokens 12; echo "exit $?"; } >"$tmp/hostsim.txt" 2>&1
+  check cuda_hostsim_layout 0 'backend cuda, dp 2 x tp 3' -- cat "$tmp/hostsim.txt"
+  check cuda_hostsim_chat 0 'The capital of France is Paris\.' -- cat "$tmp/hostsim.txt"
+  check cuda_hostsim_exit 0 '^exit 0$' -- cat "$tmp/hostsim.txt"
+fi
 check gguf_raw 0 '^\{"generated": \[504, 3575, 282, 4649, 314, 7042' -- "$sn" run -m "$smol" --feed-tokens 1,4093,198,1780,314,260,3575,282,4649,47,2,198,1,520,9531,198 --generate raw --max-tokens 6 --print-tokens
 check chat_needs_gguf 1 'chat templates are read from GGUF model files' -- "$sn" run -m "$tmp/llm" --chat "hi"
 

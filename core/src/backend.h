@@ -1,12 +1,13 @@
 /*
- * backend.h - what the engine asks of a compute backend (CPU now, CUDA later): run one
- * forward pass over a ragged batch against a paged KV cache that the backend owns, and hand
- * back the logits of the rows the scheduler asked for.
+ * backend.h - what the engine asks of a compute backend (the CPU's, cuda/'s, or replicas of
+ * either): run one forward pass over a ragged batch against a paged KV cache that the backend
+ * owns, and hand back a token for each row the scheduler asked for (sampled with sampler.c's
+ * rules under the masks the scheduler decided), and the logits when it wants them.
  *
- * Stage of the pipeline: between the scheduler (which packs sessions' tokens into a batch and
- * manages KV blocks per sequence) and the sampler (which turns logit rows into tokens). The
- * interface is the same for every backend, so the scheduler and the sampler never know which
- * one runs.
+ * Stage of the pipeline: between the scheduler (which packs sessions' tokens into a batch,
+ * manages KV blocks per sequence and builds each row's mask) and the decoders (which turn
+ * tokens into actions). The interface is the same for every backend, so the scheduler never
+ * knows which one runs, and a GPU samples where its logits are.
  *
  * The paged KV cache. Keys and values live in fixed-size blocks of SN_KV_BLOCK positions from
  * one pool, sized by a memory budget when the backend opens. Each sequence (a session's

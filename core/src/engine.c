@@ -80,6 +80,7 @@ struct sn_engine {
     sn_session **sessions;    /* (max_sessions) by slot; NULL when free */
     int64_t admitted;
     size_t words;             /* 64-bit words of a vocabulary bitset */
+    uint64_t *plugin_ids;     /* (words) the ids a plugin owns (not specials, not markers) */
     uint64_t *local_allowed;  /* (largest plugin vocab words) a plugin's constraint */
     int32_t *local_ids;       /* (max_positions) a segment's local ids for constrain */
     /* the batch of one step */
@@ -143,6 +144,7 @@ void sn_engine_close(sn_engine *e)
     sn_plugins_close(e->plugins);
     free(e->sessions);
     free(e->row_allowed);
+    free(e->plugin_ids);
     free(e->row_seen);
     free(e->row_req);
     free(e->row_ok);
@@ -247,6 +249,10 @@ sn_status sn_engine_open(const sn_engine_opts *opts, sn_engine **out)
             max_local = seg.size;
     }
     e->row_allowed = malloc(rows * words * sizeof *e->row_allowed);
+    e->plugin_ids = calloc(words, sizeof *e->plugin_ids);
+    for (int32_t id = 0; e->plugin_ids && e->vocab && id < e->vocab_size; id++)
+        if (sn_vocab_lookup(e->vocab, id).role == SN_TOKEN_PLUGIN)
+            e->plugin_ids[id / 64] |= (uint64_t)1 << (id % 64);
     e->row_seen = malloc(rows * words * sizeof *e->row_seen);
     e->row_req = malloc(rows * sizeof *e->row_req);
     e->row_ok = malloc(rows);
@@ -263,7 +269,7 @@ sn_status sn_engine_open(const sn_engine_opts *opts, sn_engine **out)
     e->b_row_sess = malloc((size_t)e->max_sessions * sizeof *e->b_row_sess);
     e->order = malloc((size_t)e->max_sessions * sizeof *e->order);
     e->logits = malloc((size_t)e->max_sessions * (size_t)e->vocab_size * sizeof *e->logits);
-    if (!e->row_allowed || !e->row_seen || !e->row_req || !e->row_ok || !e->row_tokens || !e->local_allowed ||
+    if (!e->row_allowed || !e->plugin_ids || !e->row_seen || !e->row_req || !e->row_ok || !e->row_tokens || !e->local_allowed ||
         !e->local_ids || !e->sessions || !e->b_tokens ||
         !e->b_seq || !e->b_start || !e->b_pos || !e->b_logits_for || !e->b_sess || !e->b_row_sess || !e->order ||
         !e->logits) {
@@ -600,13 +606,23 @@ static sn_status build_mask(sn_session *s, const sn_sampling **params, uint64_t 
                                    e->local_allowed, &may_end);
     if (st != SN_OK)
         return st;
-    /* Shift the plugin's bits into its global range. An open segment's range holds special
-     * ids too: those are never the plugin's to allow; its stop ids end it instead. */
+    /* Shift the plugin's bits into its global range, a word at a time. An open segment's range
+     * holds special ids too: those are never the plugin's to allow (e->plugin_ids clears
+     * them; allowed holds nothing else yet); its stop ids end it instead. */
     const int open = vs.begin < 0;
-    for (uint32_t i = 0; i < vs.size; i++)
-        if ((e->local_allowed[i / 64] >> (i % 64) & 1) &&
-            (!open || sn_vocab_lookup(e->vocab, (int32_t)(vs.start + i)).role == SN_TOKEN_PLUGIN))
-            set_bit(allowed, (int32_t)(vs.start + i));
+    const uint32_t words = (vs.size + 63) / 64, shift = vs.start % 64;
+    uint64_t *dst = allowed + vs.start / 64;
+    for (uint32_t w = 0; w < words; w++) {
+        uint64_t v = e->local_allowed[w];
+        if (w == words - 1 && vs.size % 64)
+            v &= ((uint64_t)1 << (vs.size % 64)) - 1;
+        dst[w] |= v << shift;
+        if (shift && v >> (64 - shift)) /* bits of ids inside the range: the word exists */
+            dst[w + 1] |= v >> (64 - shift);
+    }
+    if (open)
+        for (size_t w = vs.start / 64; w <= (vs.start + vs.size - 1) / 64; w++)
+            allowed[w] &= e->plugin_ids[w];
     if (may_end && !open)
         set_bit(allowed, vs.end);
     if (may_end && open) {

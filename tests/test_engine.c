@@ -470,6 +470,48 @@ Test(engine, the_automaton_only_lets_allowed_tokens_through)
     sn_engine_close(e);
 }
 
+/* A segment whose range straddles a 64-id word of the mask (319..321), sampled hot: every one
+ * of its ids comes out, and nothing else, so the plugin's bits land exactly on its range. */
+Test(engine, masks_cover_a_range_across_mask_words_exactly)
+{
+    const char *model = make_model("words", "--vocab 330 --layout sensorium --seed 52");
+    char path[256], cmd[1024];
+    snprintf(path, sizeof path, "%s/sensorium.json", model);
+    snprintf(cmd, sizeof cmd,
+             "python3 -c \"import json; p='%s'; m=json.load(open(p)); m['vocab']['segments'].append("
+             "{'modality': 'action', 'plugin': 'action.discrete', 'start': 319, 'size': 3, 'begin': 5, 'end': 6, "
+             "'config': {'actions': ['a', 'b', 'c']}}); json.dump(m, open(p, 'w'))\"", path);
+    cr_assert_eq(system(cmd), 0);
+    sn_engine *e = open_engine(model, 1, 64, 8, 0);
+    int seen_id[3] = {0};
+    for (uint64_t seed = 0; seed < 96; seed++) {
+        sn_session_opts so = sn_session_opts_default();
+        so.seed = seed;
+        so.sampling.temperature = 8.0f; /* close to uniform over the allowed ids */
+        sn_session *s;
+        cr_assert_eq(sn_session_open(e, &so, &s), SN_OK);
+        const char *out[] = {"action"};
+        cr_assert_eq(sn_session_generate(s, out, 1, 8, 1), SN_OK);
+        cr_assert_eq(sn_engine_run(e), SN_OK, "%s", sn_errmsg());
+        size_t nt;
+        const int32_t *t = sn_session_tokens(s, &nt);
+        if (nt == 2 && t[1] == 1) { /* EOS before any segment: allowed there too */
+            sn_session_close(s);
+            continue;
+        }
+        cr_assert_eq(nt, 4u, "seed %llu: %zu tokens (%s)", (unsigned long long)seed, nt, sn_session_error(s));
+        cr_assert(t[1] == 5 && t[3] == 6, "seed %llu: %d .. %d around the action", (unsigned long long)seed, t[1], t[3]);
+        cr_assert(t[2] >= 319 && t[2] <= 321, "seed %llu: action id %d outside 319..321", (unsigned long long)seed, t[2]);
+        seen_id[t[2] - 319]++;
+        sn_session_close(s);
+    }
+    const int actions = seen_id[0] + seen_id[1] + seen_id[2];
+    cr_assert_geq(actions, 24, "only %d of 96 sessions chose an action", actions);
+    for (int k = 0; k < 3; k++)
+        cr_expect_gt(seen_id[k], 0, "id %d never sampled in %d hot draws", 319 + k, actions);
+    sn_engine_close(e);
+}
+
 Test(engine, non_finite_logits_fail_the_session_not_the_engine)
 {
     const char *model = make_model("nan", "--seed 62 --corrupt model.layers.1.mlp.down_proj.weight");

@@ -400,18 +400,24 @@ static int on_action(void *ctx, sn_session *s, const char *modality, const sn_ac
     return 0;
 }
 
+/* Appends to the layout of make_model.py's sensorium package an 'action' segment of three
+ * action.discrete ids at start (markers 5 and 6), named by the Python list `names`. */
+static void add_actions(const char *model, int32_t start, const char *names)
+{
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd,
+             "python3 -c \"import json; p='%s/sensorium.json'; m=json.load(open(p)); m['vocab']['segments'].append("
+             "{'modality': 'action', 'plugin': 'action.discrete', 'start': %d, 'size': 3, 'begin': 5, 'end': 6, "
+             "'config': {'actions': %s}}); json.dump(m, open(p, 'w'))\"",
+             model, start, names);
+    cr_assert_eq(system(cmd), 0, "%s", cmd);
+}
+
 Test(engine, the_automaton_only_lets_allowed_tokens_through)
 {
     /* a 272-id model with text (8..263) and actions (264..266) */
     const char *model = make_model("auto", "--vocab 272 --layout sensorium --seed 51");
-    char path[256];
-    snprintf(path, sizeof path, "%s/sensorium.json", model);
-    char cmd[1024];
-    snprintf(cmd, sizeof cmd,
-             "python3 -c \"import json; p='%s'; m=json.load(open(p)); m['vocab']['segments'].append("
-             "{'modality': 'action', 'plugin': 'action.discrete', 'start': 264, 'size': 3, 'begin': 5, 'end': 6, "
-             "'config': {'actions': ['left', 'right', 'stop']}}); json.dump(m, open(p, 'w'))\"", path);
-    cr_assert_eq(system(cmd), 0);
+    add_actions(model, 264, "['left', 'right', 'stop']");
     sn_engine *e = open_engine(model, 1, 64, 4, 0);
     for (uint64_t seed = 0; seed < 6; seed++) {
         seen w = {0};
@@ -475,13 +481,7 @@ Test(engine, the_automaton_only_lets_allowed_tokens_through)
 Test(engine, masks_cover_a_range_across_mask_words_exactly)
 {
     const char *model = make_model("words", "--vocab 330 --layout sensorium --seed 52");
-    char path[256], cmd[1024];
-    snprintf(path, sizeof path, "%s/sensorium.json", model);
-    snprintf(cmd, sizeof cmd,
-             "python3 -c \"import json; p='%s'; m=json.load(open(p)); m['vocab']['segments'].append("
-             "{'modality': 'action', 'plugin': 'action.discrete', 'start': 319, 'size': 3, 'begin': 5, 'end': 6, "
-             "'config': {'actions': ['a', 'b', 'c']}}); json.dump(m, open(p, 'w'))\"", path);
-    cr_assert_eq(system(cmd), 0);
+    add_actions(model, 319, "['a', 'b', 'c']");
     sn_engine *e = open_engine(model, 1, 64, 8, 0);
     int seen_id[3] = {0};
     for (uint64_t seed = 0; seed < 96; seed++) {

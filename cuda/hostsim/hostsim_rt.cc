@@ -29,6 +29,7 @@
 #include "cuda_runtime.h"
 #include "hostsim.h"
 #include "nccl.h"
+#include "ref.h" /* bf16 conversions */
 
 struct sn_sim_graph {
     std::vector<std::function<cudaError_t()>> ops;
@@ -84,24 +85,6 @@ bool untrack(void *p)
 {
     std::lock_guard<std::mutex> lock(g_mu);
     return g_allocs.erase(p) == 1;
-}
-
-float bf16_to_f32(uint16_t h)
-{
-    const uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-uint16_t f32_to_bf16(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    if ((u & 0x7fffffffu) > 0x7f800000u)
-        return (uint16_t)((u >> 16) | 0x40);
-    u += 0x7fffu + ((u >> 16) & 1);
-    return (uint16_t)(u >> 16);
 }
 
 } // namespace
@@ -438,7 +421,7 @@ cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa, cub
         sn_sim_note("cublasGemmEx without a workspace: a graph capture would allocate one");
     const float al = *(const float *)alpha, be = *(const float *)beta;
     auto load = [](const void *p, cudaDataType_t t, size_t i) {
-        return t == CUDA_R_32F ? (double)((const float *)p)[i] : (double)bf16_to_f32(((const uint16_t *)p)[i]);
+        return t == CUDA_R_32F ? (double)((const float *)p)[i] : (double)sn_ref_bf16_to_f32(((const uint16_t *)p)[i]);
     };
     sn_sim_enqueue(handle->stream, [=]() {
         for (int j = 0; j < n; j++)
@@ -456,7 +439,7 @@ cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa, cub
                 if (Ctype == CUDA_R_32F)
                     ((float *)C)[ci] = (float)v;
                 else
-                    ((uint16_t *)C)[ci] = f32_to_bf16((float)v);
+                    ((uint16_t *)C)[ci] = sn_ref_f32_to_bf16((float)v);
             }
         return cudaSuccess;
     });

@@ -97,6 +97,16 @@ static inline void sn_fill_bits(uint64_t *bits, int32_t n, int kind, int pct, sn
             bits[i / 64] |= 1ull << (i % 64);
 }
 
+/* The first index of the largest of x[0..n): the greedy token of a logits row. */
+static inline int sn_test_argmax(const float *x, int n)
+{
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[best])
+            best = i;
+    return best;
+}
+
 static inline int sn_test_quick(void)
 {
     const char *q = getenv("SN_CUDA_TEST_QUICK");

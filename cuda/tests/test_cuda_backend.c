@@ -162,15 +162,6 @@ typedef struct scenario {
     size_t mismatches, token_disagreements, rows_checked;
 } scenario;
 
-static int argmax(const float *x, int n)
-{
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[best])
-            best = i;
-    return best;
-}
-
 static void check_row(scenario *s, int seq, const float *got)
 {
     const int V = s->m->cfg.vocab_size;
@@ -192,7 +183,7 @@ static void check_row(scenario *s, int seq, const float *got)
     char what[64];
     snprintf(what, sizeof what, "seq %d len %d logits", seq, s->len[seq]);
     s->mismatches += sn_test_compare(what, got, refd, (size_t)V, atol, rtol);
-    const int gr = argmax(ref, V), gg = argmax(got, V);
+    const int gr = sn_test_argmax(ref, V), gg = sn_test_argmax(got, V);
     float second = -INFINITY;
     for (int i = 0; i < V; i++)
         if (i != gr && ref[i] > second)
@@ -241,7 +232,7 @@ static void step(scenario *s, int n_runs, const int *seqs, const int *counts, co
         check_row(s, q, got);
         s->len[q] = saved;
         if (s->cached[q] == s->len[q] && s->len[q] < MAX_HIST) /* greedy continuation */
-            s->hist[q][s->len[q]++] = argmax(got, s->m->cfg.vocab_size);
+            s->hist[q][s->len[q]++] = sn_test_argmax(got, s->m->cfg.vocab_size);
     }
 }
 

@@ -26,15 +26,6 @@ sn_status sn_backend_open_named(const char *name, const sn_model *model, const s
 
 #define N_SEQS 3
 
-static int argmax_of(const float *x, int n)
-{
-    int b = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[b])
-            b = i;
-    return b;
-}
-
 /* A model from tests/reference/SCRIPT (make_model.py: a Hugging Face folder; make_gguf.py:
  * a GGUF file, ext ".gguf") on both backends. */
 static void compare_with(const char *script, const char *ext, const char *args)
@@ -84,7 +75,7 @@ static void compare_with(const char *script, const char *ext, const char *args)
             }
             worst = fmax(worst, err / mx);
             cr_expect(err <= 3e-2 * mx, "step %d seq %d: max|cuda - cpu| %.4g > 3e-2 * %.4g", stepi, s, err, mx);
-            const int tc = argmax_of(rc, V), tg = argmax_of(rg, V);
+            const int tc = sn_test_argmax(rc, V), tg = sn_test_argmax(rg, V);
             float second = -INFINITY;
             for (int i = 0; i < V; i++)
                 if (i != tc && rc[i] > second)
